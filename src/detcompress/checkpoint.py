@@ -1,0 +1,117 @@
+"""Checkpoints that load without unpickling arbitrary objects.
+
+torch >= 2.6 loads with `weights_only=True` by default, and plain mmengine checkpoints fail that
+way (the message hub pickles `HistoryBuffer` objects and numpy arrays). detcompress writes its
+checkpoints in plain types (see `to_safe_message_hub`) and loads every checkpoint safely; a
+foreign checkpoint that needs full unpickling is refused unless the user passes
+`--trust-checkpoint`. mmengine's own loading goes through `install_mmengine_loader`, so the
+Runner's `load_from` and `resume` obey the same rule.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detcompress.errors import CheckpointError
+
+TRUST_FLAG = "--trust-checkpoint"
+_HISTORY_MARK = "__detcompress_history_buffer__"
+
+
+def load_checkpoint(path: Path | str, map_location: Any = "cpu", trust: bool = False) -> Any:
+    """torch.load with weights_only=True; full unpickling only when `trust` is set."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            reason = str(exc).split("\n")
+            detail = next((line.strip() for line in reason if "GLOBAL" in line), "")
+            detail = f" ({detail.rstrip('.')})" if detail else ""
+            raise CheckpointError(
+                f"{path}: this checkpoint needs full unpickling, which can run arbitrary code"
+                f"{detail}; pass {TRUST_FLAG} if you trust where it came from"
+            ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(
+        f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
+    )
+
+
+def install_mmengine_loader(trust: bool) -> None:
+    """Make mmengine load local checkpoints through `load_checkpoint` (safe by default)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_local(filename: str, map_location: Any = None) -> Any:
+        return load_checkpoint(filename, map_location=map_location, trust=trust)
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The message hub in plain types
+
+
+def _plain(value: Any) -> Any:
+    """numpy -> Python; containers recursively; anything else unsafe -> dropped (None)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if value is None or isinstance(value, str | int | float | bool | torch.Tensor):
+        return value
+    return None
+
+
+def to_safe_message_hub(state: dict[str, Any]) -> dict[str, Any]:
+    """mmengine MessageHub.state_dict() -> the same content in weights_only-loadable types."""
+    from mmengine.logging import HistoryBuffer
+
+    scalars = {}
+    for key, buf in state.get("log_scalars", {}).items():
+        if isinstance(buf, HistoryBuffer):
+            log, count = buf.data
+            scalars[key] = {
+                _HISTORY_MARK: True,
+                "log": _plain(log),
+                "count": _plain(count),
+                "max_length": buf.max_length,
+            }
+    info = {k: _plain(v) for k, v in state.get("runtime_info", {}).items()}
+    return {
+        "log_scalars": scalars,
+        "runtime_info": {k: v for k, v in info.items() if v is not None},
+        "resumed_keys": dict(state.get("resumed_keys", {})),
+    }
+
+
+def from_safe_message_hub(state: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `to_safe_message_hub` (in place, returns `state`)."""
+    from mmengine.logging import HistoryBuffer
+
+    scalars = state.get("log_scalars", {})
+    for key, value in list(scalars.items()):
+        if isinstance(value, dict) and value.get(_HISTORY_MARK):
+            scalars[key] = HistoryBuffer(value["log"], value["count"], value["max_length"])
+    return state

@@ -1,0 +1,48 @@
+"""What every command shares: turning user mistakes into one red line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from detcompress.errors import DetcompressError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def user_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """A DetcompressError becomes one line on stderr and its exit code; anything else keeps
+    its traceback (that is a bug for us to see)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except DetcompressError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` (atomically), or do nothing without a path."""
+    if path is None:
+        return
+    from detcompress.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def is_quiet(quiet: bool) -> bool:
+    return quiet or not sys.stderr.isatty()

@@ -1,0 +1,84 @@
+"""`detcompress compress`: fine-tune a detector, compressed as the preset/nncf_config says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from detcompress.commands._common import user_errors, write_json
+from detcompress.errors import DetcompressError
+
+# mmdet style `--cfg-options a=1 b=2`: the tokens after the first value arrive as extra args.
+CONTEXT: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": False}
+
+
+@user_errors
+def compress(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="mmdet config file (.py).")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Bundled preset name (int8, int8_mixed, ...) or a .yaml/.json file."),
+    ] = None,
+    load_from: Annotated[
+        Path | None, typer.Option(help="Checkpoint to start from (default: the config's load_from).")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Output folder (default: work_dirs/<config name>).")
+    ] = None,
+    max_iters: Annotated[
+        int | None, typer.Option(min=0, help="Train for N iterations (0: evaluate only).")
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(min=1, help="Train for N epochs.")] = None,
+    cfg_options: Annotated[
+        list[str] | None,
+        typer.Option(help="Overrides key=value (YAML values); keys under nncf_config. reach NNCF."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the merged nncf_config and the plan, then exit.")
+    ] = False,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Write into a work dir that already holds checkpoints.")
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
+    ] = None,
+) -> None:
+    """Fine-tune CONFIG's detector; with a preset or nncf_config, compress it while doing so."""
+    from detcompress import api
+
+    if max_iters is not None and max_epochs is not None:
+        raise DetcompressError("give --max-iters or --max-epochs, not both")
+    options = list(cfg_options or []) + _extra_cfg_options(ctx.args, cfg_options)
+    plan = api.plan_compress(
+        config,
+        preset=preset,
+        cfg_options=options,
+        load_from=load_from,
+        work_dir=work_dir,
+        max_iters=max_iters,
+        max_epochs=max_epochs,
+    )
+    for warning in plan.warnings:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
+    if dry_run:
+        typer.echo(plan.describe())
+        return
+    result = api.compress(plan, trust_checkpoint=trust_checkpoint, force=force)
+    typer.echo(result.summary())
+    write_json(json_path, result.to_json())
+
+
+def _extra_cfg_options(extra: list[str], cfg_options: list[str] | None) -> list[str]:
+    """Extra tokens are accepted only as further key=value pairs of --cfg-options."""
+    for token in extra:
+        if cfg_options is None or "=" not in token:
+            raise DetcompressError(
+                f"unexpected argument '{token}'; overrides go after --cfg-options as key=value"
+            )
+    return list(extra)

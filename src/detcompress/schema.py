@@ -1,0 +1,283 @@
+"""The NNCF configuration schema that detcompress accepts, as data.
+
+It follows NNCF 2.x's JSON schema (the format of MMDetection's NNCF integration and of NNCF's
+sample configs), restricted to what detcompress can carry out on NNCF 3 / torch-pruning, and
+marks what NNCF 3 removed so that users get a pointer instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A leaf value: accepted Python types, a name for messages, optional choices and check."""
+
+    types: tuple[type, ...]
+    type_name: str
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+    check_text: str = ""
+
+
+@dataclass(frozen=True)
+class ListOf:
+    item: Scalar
+
+
+@dataclass(frozen=True)
+class Obj:
+    fields: dict[str, Spec]
+    # Keys that NNCF 3 removed: key -> what to use instead.
+    removed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OneOrList:
+    """NNCF accepts one item or a list of them (input_info, compression, scopes)."""
+
+    item: Spec
+
+
+@dataclass(frozen=True)
+class AnyValue:
+    """Passed through unchecked (free-form NNCF sub-structures such as scope_overrides)."""
+
+
+Spec = Scalar | ListOf | Obj | OneOrList | AnyValue
+
+
+def _choice(*values: str) -> Scalar:
+    return Scalar((str,), "string", choices=values)
+
+
+def _ratio(low_open: bool, high_open: bool) -> Scalar:
+    def check(v: float) -> bool:
+        above = v > 0 if low_open else v >= 0
+        below = v < 1 if high_open else v <= 1
+        return above and below
+
+    text = f"a number in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    return Scalar((int, float), "number", check=check, check_text=text)
+
+
+BOOL = Scalar((bool,), "boolean")
+STR = Scalar((str,), "string")
+NUMBER = Scalar((int, float), "number")
+NON_NEG_INT = Scalar((int,), "integer", check=lambda v: v >= 0, check_text="an integer >= 0")
+POS_INT = Scalar((int,), "integer", check=lambda v: v > 0, check_text="an integer > 0")
+EIGHT_BITS = Scalar(
+    (int,), "integer", choices=(8,), check_text="8 (NNCF 3 quantizes detectors to 8 bits only)"
+)
+SCOPES = OneOrList(STR)
+
+RANGE_TYPES = (
+    "min_max",
+    "mean_min_max",
+    "threshold",
+    "mixed_min_max",
+    "percentile",
+    "mean_percentile",
+)
+
+BN_ADAPTATION = Obj(
+    {
+        "num_bn_adaptation_samples": NON_NEG_INT,
+        "num_bn_adaptation_steps": NON_NEG_INT,
+    }
+)
+
+QUANTIZER = Obj(
+    {
+        "mode": _choice("symmetric", "asymmetric"),
+        "bits": EIGHT_BITS,
+        "per_channel": BOOL,
+        "signed": BOOL,
+        "ignored_scopes": SCOPES,
+        "target_scopes": SCOPES,
+    },
+    removed={"logarithm_scale": "NNCF 3 removed logarithmic quantization; leave it out"},
+)
+
+COMMON_ALGORITHM_KEYS: dict[str, Spec] = {
+    "algorithm": STR,
+    "ignored_scopes": SCOPES,
+    "target_scopes": SCOPES,
+    "compression_lr_multiplier": NUMBER,
+}
+
+QUANTIZATION = Obj(
+    {
+        **COMMON_ALGORITHM_KEYS,
+        "preset": _choice("performance", "mixed"),
+        "initializer": Obj(
+            {
+                "range": Obj(
+                    {
+                        "num_init_samples": NON_NEG_INT,
+                        "num_init_steps": NON_NEG_INT,
+                        "type": _choice(*RANGE_TYPES),
+                        "params": Obj({"min_percentile": NUMBER, "max_percentile": NUMBER}),
+                    }
+                ),
+                "batchnorm_adaptation": BN_ADAPTATION,
+            },
+            removed={
+                "precision": "NNCF 3 removed mixed-precision search (HAWQ/AutoQ); use uniform "
+                "int8 ('int8') or asymmetric activations ('int8_mixed')",
+            },
+        ),
+        "weights": QUANTIZER,
+        "activations": QUANTIZER,
+        "quantize_inputs": BOOL,
+        "quantize_outputs": BOOL,
+        "export_to_onnx_standard_ops": BOOL,
+        "overflow_fix": _choice("enable", "disable", "first_layer_only"),
+        "scope_overrides": AnyValue(),
+        "params": Obj(
+            {
+                "batch_multiplier": POS_INT,
+                "activations_quant_start_epoch": NON_NEG_INT,
+                "weights_quant_start_epoch": NON_NEG_INT,
+            }
+        ),
+    }
+)
+
+SPARSITY_PARAMS: dict[str, Spec] = {
+    "schedule": _choice("multistep", "polynomial", "exponential"),
+    "multistep_steps": ListOf(NON_NEG_INT),
+    "multistep_sparsity_levels": ListOf(_ratio(False, True)),
+    "sparsity_target": _ratio(False, True),
+    "sparsity_target_epoch": NON_NEG_INT,
+    "sparsity_freeze_epoch": NON_NEG_INT,
+    "update_per_optimizer_step": BOOL,
+    "steps_per_epoch": POS_INT,
+    "power": NUMBER,
+    "concave": BOOL,
+    "sparsity_level_setting_mode": _choice("global", "local"),
+}
+
+MAGNITUDE_SPARSITY = Obj(
+    {
+        **COMMON_ALGORITHM_KEYS,
+        "sparsity_init": _ratio(False, True),
+        "initializer": Obj({"batchnorm_adaptation": BN_ADAPTATION}),
+        "params": Obj(
+            {**SPARSITY_PARAMS, "weight_importance": _choice("normed_abs", "abs")},
+            removed={"schedule_adaptive": "NNCF 3 removed the adaptive schedule"},
+        ),
+    }
+)
+
+RB_SPARSITY = Obj(
+    {
+        **COMMON_ALGORITHM_KEYS,
+        "sparsity_init": _ratio(False, True),
+        "initializer": Obj({"batchnorm_adaptation": BN_ADAPTATION}),
+        "params": Obj(dict(SPARSITY_PARAMS)),
+    }
+)
+
+FILTER_PRUNING = Obj(
+    {
+        **COMMON_ALGORITHM_KEYS,
+        "pruning_init": _ratio(False, True),
+        "initializer": Obj({"batchnorm_adaptation": BN_ADAPTATION}),
+        "params": Obj(
+            {
+                "schedule": _choice("baseline", "exponential", "exponential_with_bias"),
+                "pruning_target": _ratio(True, True),
+                "pruning_flops_target": _ratio(True, True),
+                "num_init_steps": NON_NEG_INT,
+                "pruning_steps": NON_NEG_INT,
+                "weight_importance": _choice("L2", "L1", "geometric_median"),
+                "all_weights": BOOL,
+                "prune_first_conv": BOOL,
+                "prune_downsample_convs": BOOL,
+                "prune_batch_norms": BOOL,
+                "zero_grad": BOOL,
+            },
+            removed={
+                "interlayer_ranking_type": "NNCF 3 removed LeGR ranking; torch-pruning ranks "
+                "filters by weight_importance",
+                "legr_params": "NNCF 3 removed LeGR; leave it out",
+            },
+        ),
+    }
+)
+
+ALGORITHMS: dict[str, Obj] = {
+    "quantization": QUANTIZATION,
+    "magnitude_sparsity": MAGNITUDE_SPARSITY,
+    "rb_sparsity": RB_SPARSITY,
+    "filter_pruning": FILTER_PRUNING,
+}
+
+# Algorithms NNCF 3 no longer has, and what to use instead.
+REMOVED_ALGORITHMS: dict[str, str] = {
+    "movement_sparsity": "NNCF 3 removed movement sparsity; use 'magnitude_sparsity' or "
+    "'rb_sparsity'",
+    "const_sparsity": "NNCF 3 removed const sparsity; use 'magnitude_sparsity'",
+    "knowledge_distillation": "NNCF 3 removed knowledge distillation; fine-tune with the "
+    "detector's own loss",
+    "binarization": "NNCF 3 removed binarization; use 'quantization'",
+    "progressive_shrinking": "NNCF 3 removed neural architecture search; use 'filter_pruning'",
+    "elasticity": "NNCF 3 removed neural architecture search; use 'filter_pruning'",
+    "mixed_precision": "NNCF 3 removed mixed-precision search; use 'quantization' (int8)",
+}
+
+INPUT_INFO = Obj(
+    {
+        "sample_size": ListOf(POS_INT),
+        "type": _choice("float", "long"),
+        "filler": _choice("zeros", "ones", "random"),
+        "keyword": STR,
+    }
+)
+
+ROOT = Obj(
+    {
+        "input_info": OneOrList(INPUT_INFO),
+        "target_device": _choice("ANY", "CPU", "GPU", "NPU", "CPU_SPR", "TRIAL"),
+        "compression": OneOrList(AnyValue()),  # each item is checked against its algorithm
+        "log_dir": STR,
+        "compression_lr_multiplier": NUMBER,
+        "disable_shape_matching": BOOL,
+    },
+    removed={
+        "accuracy_aware_training": "NNCF 3 removed the accuracy-aware training loops; set a "
+        "fixed schedule with --max-iters/--max-epochs",
+        "hw_config_type": "NNCF 3 derives the hardware config from 'target_device'",
+    },
+)
+
+# Keys of NNCF's sample-script configs (model zoo JSON files): settings of NNCF's own training
+# scripts, not of compression. Accepted so that those files load as they are; detcompress takes
+# these settings from the mmdet config instead.
+SAMPLE_SCRIPT_KEYS = frozenset(
+    {
+        "model",
+        "pretrained",
+        "num_classes",
+        "batch_size",
+        "batch_size_val",
+        "batch_size_init",
+        "epochs",
+        "optimizer",
+        "dataset",
+        "dataset_type",
+        "seed",
+        "print_freq",
+        "multiprocessing_distributed",
+        "workers",
+        "preprocessing",
+        "weights",
+        "checkpoint_save_dir",
+        "test_every_n_epochs",
+        "metrics_dump",
+    }
+)

@@ -1,0 +1,70 @@
+"""The command line: command list, version, fast help, errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from detcompress import __version__
+from detcompress.cli import app
+
+runner = CliRunner()
+COMMANDS = ("init", "compress", "resume", "eval", "export", "bench")
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert f" {name} " in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"detcompress {__version__}"
+
+
+def test_cli_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, detcompress.cli\n"
+        "heavy = ('torch', 'mmdet', 'mmengine', 'mmcv', 'nncf', 'openvino', 'onnx', 'numpy')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["resume", "x.pth"], ["eval", "x.pth"], ["export", "x.pth"],
+                                     ["bench", "x.xml"]])
+def test_commands_not_built_yet_say_so(command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert "not available yet" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_init_preset_writes_and_never_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / "mine.yaml"
+    first = runner.invoke(app, ["init", "preset", "int8", "-o", str(target)])
+    assert first.exit_code == 0, first.output
+    assert "algorithm: quantization" in target.read_text()
+    target.write_text("edited")
+    second = runner.invoke(app, ["init", "preset", "int8", "-o", str(target)])
+    assert second.exit_code == 2
+    assert "--force" in second.output
+    assert target.read_text() == "edited"
+    third = runner.invoke(app, ["init", "preset", "int8", "-o", str(target), "--force"])
+    assert third.exit_code == 0
+    assert "algorithm: quantization" in target.read_text()
+
+
+def test_init_preset_unknown_name_suggests(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "preset", "int9", "-o", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2
+    assert "did you mean 'int8'?" in result.output
+    assert not (tmp_path / "x.yaml").exists()
