@@ -39,8 +39,9 @@ def test_cli_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("command", [["resume", "x.pth"], ["eval", "x.pth"], ["export", "x.pth"],
-                                     ["bench", "x.xml"]])
+@pytest.mark.parametrize(
+    "command", [["resume", "x.pth"], ["eval", "x.pth"], ["export", "x.pth"], ["bench", "x.xml"]]
+)
 def test_commands_not_built_yet_say_so(command: list[str]) -> None:
     result = runner.invoke(app, command)
     assert result.exit_code == 1

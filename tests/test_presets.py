@@ -36,7 +36,11 @@ def test_int8_preset_values() -> None:
     path = bundled_presets()["int8"]
     q = build_nncf_config(read_preset_file(path), str(path)).algorithms[0]
     assert (q.num_init_steps, q.num_bn_adaptation_steps) == (10, 30)
-    assert (q.weights.mode, q.activations.mode, q.preset) == ("symmetric", "symmetric", "performance")
+    assert (q.weights.mode, q.activations.mode, q.preset) == (
+        "symmetric",
+        "symmetric",
+        "performance",
+    )
     mixed_path = bundled_presets()["int8_mixed"]
     mixed = build_nncf_config(read_preset_file(mixed_path), str(mixed_path)).algorithms[0]
     assert (mixed.activations.mode, mixed.preset) == ("asymmetric", "mixed")
@@ -48,19 +52,27 @@ def test_preset_magnitude_sparsity_schedule() -> None:
     assert algo.get("params.multistep_sparsity_levels") == [0.3, 0.5, 0.7]
 
 
-def test_merge_order_config_then_preset_then_cfg_options(inline_config: Path, tmp_path: Path) -> None:
+def test_merge_order_config_then_preset_then_cfg_options(
+    inline_config: Path, tmp_path: Path
+) -> None:
     preset = tmp_path / "p.yaml"
     preset.write_text(
         yaml.safe_dump(
-            {"compression": {"algorithm": "quantization",
-                             "initializer": {"range": {"num_init_steps": 7}}}}
+            {
+                "compression": {
+                    "algorithm": "quantization",
+                    "initializer": {"range": {"num_init_steps": 7}},
+                }
+            }
         )
     )
     loaded = load_config(
         inline_config,
         str(preset),
-        ["nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=9",
-         "nncf_config.target_device=CPU"],
+        [
+            "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=9",
+            "nncf_config.target_device=CPU",
+        ],
     )
     q = loaded.nncf.algorithms[0]
     assert q.num_init_steps == 7  # preset beats the config's inline value (2)
@@ -86,7 +98,9 @@ def test_json_nncf_config_file_accepted_as_is(tmp_path: Path, inline_config: Pat
 
 
 def test_cfg_options_reach_mmdet_config(inline_config: Path) -> None:
-    loaded = load_config(inline_config, None, ["train_dataloader.batch_size=3", "model.bbox_head.num_classes=5"])
+    loaded = load_config(
+        inline_config, None, ["train_dataloader.batch_size=3", "model.bbox_head.num_classes=5"]
+    )
     assert loaded.cfg.train_dataloader.batch_size == 3
     assert loaded.cfg.model.bbox_head.num_classes == 5
 
@@ -99,40 +113,68 @@ def test_no_nncf_config_is_empty(tmp_path: Path) -> None:
 
 # Each bad preset -> (file content, the fragments its one-line error must contain).
 BAD_PRESETS = {
-    "unknown_top_key": ("compresion: {algorithm: quantization}",
-                        ["unknown key 'compresion'", "did you mean 'compression'?"]),
-    "unknown_nested_key": ("compression: {algorithm: quantization, initializer: {rnage: {}}}",
-                           ["'compression.initializer.rnage'", "did you mean 'range'?"]),
-    "wrong_type": ("compression: {algorithm: quantization, initializer: {range: {num_init_steps: ten}}}",
-                   ["'compression.initializer.range.num_init_steps' must be a integer", "'ten'"]),
-    "unknown_algorithm": ("compression: {algorithm: quantisation}",
-                          ["'quantisation'", "did you mean 'quantization'?"]),
-    "removed_algorithm": ("compression: {algorithm: movement_sparsity}",
-                          ["NNCF 3 removed movement sparsity", "magnitude_sparsity"]),
-    "removed_hawq": ("compression: {algorithm: quantization, initializer: {precision: {type: hawq}}}",
-                     ["'compression.initializer.precision'", "HAWQ"]),
-    "removed_aa_training": ("accuracy_aware_training: {mode: early_exit}\ncompression: {algorithm: quantization}",
-                            ["accuracy-aware training"]),
-    "bad_choice": ("compression: {algorithm: quantization, weights: {mode: symetric}}",
-                   ["'compression.weights.mode'", "did you mean 'symmetric'?"]),
-    "bits_4": ("compression: {algorithm: quantization, weights: {bits: 4}}",
-               ["'compression.weights.bits'", "8"]),
+    "unknown_top_key": (
+        "compresion: {algorithm: quantization}",
+        ["unknown key 'compresion'", "did you mean 'compression'?"],
+    ),
+    "unknown_nested_key": (
+        "compression: {algorithm: quantization, initializer: {rnage: {}}}",
+        ["'compression.initializer.rnage'", "did you mean 'range'?"],
+    ),
+    "wrong_type": (
+        "compression: {algorithm: quantization, initializer: {range: {num_init_steps: ten}}}",
+        ["'compression.initializer.range.num_init_steps' must be a integer", "'ten'"],
+    ),
+    "unknown_algorithm": (
+        "compression: {algorithm: quantisation}",
+        ["'quantisation'", "did you mean 'quantization'?"],
+    ),
+    "removed_algorithm": (
+        "compression: {algorithm: movement_sparsity}",
+        ["NNCF 3 removed movement sparsity", "magnitude_sparsity"],
+    ),
+    "removed_hawq": (
+        "compression: {algorithm: quantization, initializer: {precision: {type: hawq}}}",
+        ["'compression.initializer.precision'", "HAWQ"],
+    ),
+    "removed_aa_training": (
+        "accuracy_aware_training: {mode: early_exit}\ncompression: {algorithm: quantization}",
+        ["accuracy-aware training"],
+    ),
+    "bad_choice": (
+        "compression: {algorithm: quantization, weights: {mode: symetric}}",
+        ["'compression.weights.mode'", "did you mean 'symmetric'?"],
+    ),
+    "bits_4": (
+        "compression: {algorithm: quantization, weights: {bits: 4}}",
+        ["'compression.weights.bits'", "8"],
+    ),
     "pruning_target_out_of_range": (
         "compression: {algorithm: filter_pruning, params: {pruning_target: 1.5}}",
-        ["'compression.params.pruning_target' is 1.5", "(0, 1)"]),
+        ["'compression.params.pruning_target' is 1.5", "(0, 1)"],
+    ),
     "multistep_lengths": (
         "compression: {algorithm: magnitude_sparsity, params: {schedule: multistep, "
         "multistep_steps: [1, 2, 3], multistep_sparsity_levels: [0.3, 0.5]}}",
-        ["multistep_sparsity_levels has 2 entries and multistep_steps 3"]),
-    "unknown_schedule": ("compression: {algorithm: filter_pruning, params: {schedule: cosine}}",
-                         ["'compression.params.schedule' is 'cosine'", "baseline, exponential"]),
-    "no_algorithm": ("compression: [{algorithm: quantization}, {initializer: {}}]",
-                     ["'compression[1]' has no 'algorithm'"]),
-    "duplicate_algorithm": ("compression: [{algorithm: quantization}, {algorithm: quantization}]",
-                            ["lists 'quantization' 2 times"]),
+        ["multistep_sparsity_levels has 2 entries and multistep_steps 3"],
+    ),
+    "unknown_schedule": (
+        "compression: {algorithm: filter_pruning, params: {schedule: cosine}}",
+        ["'compression.params.schedule' is 'cosine'", "baseline, exponential"],
+    ),
+    "no_algorithm": (
+        "compression: [{algorithm: quantization}, {initializer: {}}]",
+        ["'compression[1]' has no 'algorithm'"],
+    ),
+    "duplicate_algorithm": (
+        "compression: [{algorithm: quantization}, {algorithm: quantization}]",
+        ["lists 'quantization' 2 times"],
+    ),
     "steps_and_samples": (
-        "compression: {algorithm: quantization, initializer: {range: {num_init_steps: 1, num_init_samples: 8}}}",
-        ["sets both 'num_init_samples' and 'num_init_steps'"]),
+        "compression: {algorithm: quantization, initializer: "
+        "{range: {num_init_steps: 1, num_init_samples: 8}}}",
+        ["sets both 'num_init_samples' and 'num_init_steps'"],
+    ),
     "not_a_mapping": ("- quantization", ["a preset must be a mapping"]),
     "invalid_yaml": ("compression: {algorithm: [quantization", ["not valid YAML"]),
 }
@@ -143,7 +185,9 @@ def test_bad_preset_gives_one_precise_line(case: str, tmp_path: Path, inline_con
     text, fragments = BAD_PRESETS[case]
     preset = tmp_path / f"{case}.yaml"
     preset.write_text(text)
-    result = runner.invoke(app, ["compress", str(inline_config), "--preset", str(preset), "--dry-run"])
+    result = runner.invoke(
+        app, ["compress", str(inline_config), "--preset", str(preset), "--dry-run"]
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -156,22 +200,44 @@ def test_bad_preset_gives_one_precise_line(case: str, tmp_path: Path, inline_con
 BAD_CONFIGS = {
     "missing_config": (None, [], ["config file not found"]),
     "syntax_error": ("model = dict(\n", [], ["syntax_error.py: line 1: '(' was never closed"]),
-    "lazy_import": ("from mmdet.models import RTMDet\nmodel = dict(type=RTMDet)\n", [],
-                    ["lazy-import config", "_base_"]),
+    "lazy_import": (
+        "from mmdet.models import RTMDet\nmodel = dict(type=RTMDet)\n",
+        [],
+        ["lazy-import config", "_base_"],
+    ),
     "bad_base": ("_base_ = 'mmdet::nope/missing.py'\n", [], ["cannot load mmdet config"]),
-    "cfg_option_not_pair": (None, ["--cfg-options", "batch_size"], ["'batch_size' is not key=value"]),
-    "cfg_option_unknown_key": (None, ["--cfg-options", "train_dataloder.batch_size=2"],
-                               ["unknown key 'train_dataloder.batch_size'",
-                                "did you mean 'train_dataloader'?"]),
-    "cfg_option_bad_nncf_key": (None, ["--cfg-options", "nncf_config.compression.algoritm=quantization"],
-                                ["--cfg-options", "did you mean 'algorithm'?"]),
-    "postprocessing_not_bool": (None, ["--cfg-options", "nncf_compress_postprocessing=maybe"],
-                                ["'nncf_compress_postprocessing' must be true or false"]),
-    "inline_nncf_config_bad": ("_base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'\n"
-                               "nncf_config = dict(compression=dict(algorithm='quantization', bits=8))\n",
-                               [], ["(nncf_config)", "unknown key 'compression.bits'"]),
+    "cfg_option_not_pair": (
+        None,
+        ["--cfg-options", "batch_size"],
+        ["'batch_size' is not key=value"],
+    ),
+    "cfg_option_unknown_key": (
+        None,
+        ["--cfg-options", "train_dataloder.batch_size=2"],
+        ["unknown key 'train_dataloder.batch_size'", "did you mean 'train_dataloader'?"],
+    ),
+    "cfg_option_bad_nncf_key": (
+        None,
+        ["--cfg-options", "nncf_config.compression.algoritm=quantization"],
+        ["--cfg-options", "did you mean 'algorithm'?"],
+    ),
+    "postprocessing_not_bool": (
+        None,
+        ["--cfg-options", "nncf_compress_postprocessing=maybe"],
+        ["'nncf_compress_postprocessing' must be true or false"],
+    ),
+    "inline_nncf_config_bad": (
+        "_base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'\n"
+        "nncf_config = dict(compression=dict(algorithm='quantization', bits=8))\n",
+        [],
+        ["(nncf_config)", "unknown key 'compression.bits'"],
+    ),
     "unknown_preset_name": (None, ["--preset", "int16"], ["unknown preset 'int16'", "int8"]),
-    "missing_preset_file": (None, ["--preset", "nowhere.yaml"], ["nowhere.yaml: preset file not found"]),
+    "missing_preset_file": (
+        None,
+        ["--preset", "nowhere.yaml"],
+        ["nowhere.yaml: preset file not found"],
+    ),
 }
 
 
@@ -192,9 +258,20 @@ def test_bad_config_gives_one_precise_line(case: str, tmp_path: Path) -> None:
 def test_dry_run_prints_merged_config_and_plan(inline_config: Path, tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["compress", str(inline_config), "--preset", "int8", "--dry-run", "--max-iters", "7",
-         "--work-dir", str(tmp_path / "wd"), "--cfg-options",
-         "nncf_config.compression.initializer.range.num_init_steps=3", "train_dataloader.batch_size=2"],
+        [
+            "compress",
+            str(inline_config),
+            "--preset",
+            "int8",
+            "--dry-run",
+            "--max-iters",
+            "7",
+            "--work-dir",
+            str(tmp_path / "wd"),
+            "--cfg-options",
+            "nncf_config.compression.initializer.range.num_init_steps=3",
+            "train_dataloader.batch_size=2",
+        ],
     )
     assert result.exit_code == 0, result.output
     out = result.output

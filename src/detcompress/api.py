@@ -4,6 +4,7 @@ modules only parse options and call these."""
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,10 @@ class CompressPlan:
             if nncf.is_empty
             else "compression: " + ", ".join(a.name for a in nncf.algorithms)
         )
+        train_ann = Path(dataset.get("data_root") or "") / (dataset.get("ann_file") or "")
         lines = [
-            "# merged nncf_config" + (f" (from {' + '.join(self.config.sources)})" if self.config.sources else ""),
+            "# merged nncf_config"
+            + (f" (from {' + '.join(self.config.sources)})" if self.config.sources else ""),
             yaml.safe_dump(nncf.raw, sort_keys=False).rstrip() if nncf.raw else "{}",
             "",
             "# plan",
@@ -86,7 +89,7 @@ class CompressPlan:
             f"run:         {what}",
             f"model:       {model.get('type')} (backbone {model.get('backbone', {}).get('type')}, "
             f"head {model.get('bbox_head', {}).get('type')})",
-            f"train data:  {dataset.get('type')} {Path(dataset.get('data_root') or '') / (dataset.get('ann_file') or '')}",
+            f"train data:  {dataset.get('type')} {train_ann}",
             f"batch size:  {cfg.train_dataloader.get('batch_size')}",
             f"schedule:    {self.schedule}",
             f"load from:   {self.load_from or 'nothing (weights as the config initializes them)'}",
@@ -107,11 +110,20 @@ class CompressResult:
 
     def summary(self) -> str:
         m = self.metrics
-        lines = [f"work dir:   {self.work_dir}", f"checkpoint: {self.checkpoint or '(none written)'}"]
-        if "bbox_mAP" in m:
+        lines = [
+            f"work dir:   {self.work_dir}",
+            f"checkpoint: {self.checkpoint or '(none written)'}",
+        ]
+        if not m:
             lines.append(
-                f"bbox mAP:   {m['bbox_mAP']:.3f}  (mAP50 {m.get('bbox_mAP_50', float('nan')):.3f}, "
-                f"mAP75 {m.get('bbox_mAP_75', float('nan')):.3f}) after {self.iterations} iterations"
+                "bbox mAP:   none: the model made no detections above the config's score_thr "
+                "(mmdet's CocoMetric reports nothing then)"
+            )
+        if "bbox_mAP" in m:
+            nan = float("nan")
+            lines.append(
+                f"bbox mAP:   {m['bbox_mAP']:.3f}  (mAP50 {m.get('bbox_mAP_50', nan):.3f}, "
+                f"mAP75 {m.get('bbox_mAP_75', nan):.3f}) after {self.iterations} iterations"
             )
         return "\n".join(lines)
 
@@ -139,7 +151,9 @@ def plan_compress(
     cfg = loaded.cfg
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
-    return CompressPlan(loaded, resolved_work_dir, resolved_load, max_iters, max_epochs, list(loaded.warnings))
+    return CompressPlan(
+        loaded, resolved_work_dir, resolved_load, max_iters, max_epochs, list(loaded.warnings)
+    )
 
 
 def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
@@ -147,7 +161,9 @@ def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
     return {k.split("/", 1)[-1]: v for k, v in metrics.items()}
 
 
-def compress(plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False) -> CompressResult:
+def compress(
+    plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False
+) -> CompressResult:
     if not plan.config.nncf.is_empty:
         raise NotAvailableError(
             "compression with NNCF is not available yet in this version; without --preset "
@@ -198,7 +214,8 @@ def _claim_work_dir(work_dir: Path, force: bool) -> None:
         )
     if force and existing:
         # Keep the earlier run's checkpoints, moved aside, never deleted.
-        backup = work_dir / "previous_run"
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(existing[-1].stat().st_mtime))
+        backup = work_dir / f"previous_run_{stamp}"
         backup.mkdir(exist_ok=True)
         for ckpt in existing:
             shutil.move(str(ckpt), backup / ckpt.name)

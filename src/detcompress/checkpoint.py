@@ -69,17 +69,19 @@ def install_mmengine_loader(trust: bool) -> None:
 # The message hub in plain types
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy -> Python; containers recursively; anything else unsafe -> dropped (None)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
-    if value is None or isinstance(value, str | int | float | bool | torch.Tensor):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, str):
+        return str(value)  # str subclasses such as torch's TorchVersion need unpickling
+    if value is None or isinstance(value, int | float | bool | torch.Tensor):
         return value
     return None
 
@@ -94,11 +96,11 @@ def to_safe_message_hub(state: dict[str, Any]) -> dict[str, Any]:
             log, count = buf.data
             scalars[key] = {
                 _HISTORY_MARK: True,
-                "log": _plain(log),
-                "count": _plain(count),
+                "log": plain(log),
+                "count": plain(count),
                 "max_length": buf.max_length,
             }
-    info = {k: _plain(v) for k, v in state.get("runtime_info", {}).items()}
+    info = {k: plain(v) for k, v in state.get("runtime_info", {}).items()}
     return {
         "log_scalars": scalars,
         "runtime_info": {k: v for k, v in info.items() if v is not None},

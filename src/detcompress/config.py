@@ -52,7 +52,9 @@ def parse_cfg_options(options: list[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--cfg-options: value of '{key}' is not valid YAML: {text!r}") from exc
+            raise ConfigError(
+                f"--cfg-options: value of '{key}' is not valid YAML: {text!r}"
+            ) from exc
         pairs.append((key, value))
     return pairs
 

@@ -105,9 +105,13 @@ def merge(base: Any, override: Any) -> Any:
 def merge_compression(base: Any, override: Any) -> Any:
     """`compression` merges per algorithm: an override for an algorithm that the base already
     has refines it; a different algorithm or a list replaces the base's compression."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        if override.get("algorithm", base.get("algorithm")) == base.get("algorithm"):
-            return merge(base, override)
+    same_algorithm = (
+        isinstance(base, dict)
+        and isinstance(override, dict)
+        and override.get("algorithm", base.get("algorithm")) == base.get("algorithm")
+    )
+    if same_algorithm:
+        return merge(base, override)
     return copy.deepcopy(override)
 
 
@@ -158,8 +162,7 @@ def _as_list(value: Any) -> list[Any]:
 def _check_algorithm(algo: Any, path: str, source: str, *, complete: bool) -> None:
     if not isinstance(algo, dict):
         raise PresetError(
-            f"{source}: '{path}' must be a mapping with an 'algorithm' key, "
-            f"got {_type_name(algo)}"
+            f"{source}: '{path}' must be a mapping with an 'algorithm' key, got {_type_name(algo)}"
         )
     name = algo.get("algorithm")
     if name is None:
@@ -262,8 +265,10 @@ def _check_cross_keys(data: dict[str, Any], source: str) -> None:
             f"{source}: 'compression' combines magnitude_sparsity and rb_sparsity; choose one"
         )
     for index, algo in enumerate(algos):
-        path = "compression" if len(algos) == 1 and isinstance(data["compression"], dict) else (
-            f"compression[{index}]"
+        path = (
+            "compression"
+            if len(algos) == 1 and isinstance(data["compression"], dict)
+            else (f"compression[{index}]")
         )
         init = algo.get("initializer", {})
         for section, a, b in (

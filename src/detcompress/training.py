@@ -15,7 +15,12 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from detcompress import __version__
-from detcompress.checkpoint import from_safe_message_hub, install_mmengine_loader, to_safe_message_hub
+from detcompress.checkpoint import (
+    from_safe_message_hub,
+    install_mmengine_loader,
+    plain,
+    to_safe_message_hub,
+)
 from detcompress.compat import apply_mmdet_workarounds
 
 
@@ -44,7 +49,7 @@ class SelfDescribingCheckpointHook(Hook):
         self.meta = meta
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["detcompress"] = dict(self.meta)
+        checkpoint.setdefault("meta", {})["detcompress"] = plain(self.meta)
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = to_safe_message_hub(checkpoint["message_hub"])
 
@@ -89,7 +94,9 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
         if logger is not None:
             logger["interval"] = min(logger.get("interval", 50), max(1, max_iters // 5))
     elif max_epochs is not None:
-        cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs)
+        cfg.train_cfg = dict(
+            type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs
+        )
         cfg.default_hooks.checkpoint = dict(
             type="CheckpointHook", by_epoch=True, interval=max_epochs, max_keep_ckpts=2
         )

@@ -23,7 +23,8 @@ def compress(
         typer.Option(help="Bundled preset name (int8, int8_mixed, ...) or a .yaml/.json file."),
     ] = None,
     load_from: Annotated[
-        Path | None, typer.Option(help="Checkpoint to start from (default: the config's load_from).")
+        Path | None,
+        typer.Option(help="Checkpoint to start from (default: the config's load_from)."),
     ] = None,
     work_dir: Annotated[
         Path | None, typer.Option(help="Output folder (default: work_dirs/<config name>).")
