@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 _applied = False
 
 
@@ -17,3 +19,25 @@ def apply_mmdet_workarounds() -> None:
     if not hasattr(SSDHead, "loss_cls"):
         SSDHead.loss_cls = None
     _applied = True
+
+
+def route_head_through_module(detector: Any) -> None:
+    """Make `tensor` mode call the head as a module, as `loss` and `predict` mode do.
+
+    mmdet's `SingleStageDetector._forward` calls `self.bbox_head.forward(x)` directly, while
+    `loss`/`predict` reach the head through `bbox_head(x)`. NNCF names operations by the
+    module calls around them, so quantizers traced in tensor mode would not be found in the
+    other modes: 150 of 180 quantizer calls instead of 180 on rtmdet_tiny, and DDP then fails
+    on unused quantizer parameters. Patched on the instance; mmdet itself is not modified.
+    """
+    import types
+
+    from mmdet.models.detectors import SingleStageDetector
+
+    if not isinstance(detector, SingleStageDetector):
+        return
+
+    def _forward(self: Any, batch_inputs: Any, batch_data_samples: Any = None) -> Any:
+        return self.bbox_head(self.extract_feat(batch_inputs))
+
+    detector._forward = types.MethodType(_forward, detector)

@@ -1,0 +1,227 @@
+"""Every NNCF call of detcompress: nncf_config (typed) -> nncf.quantize / batch-norm adaptation,
+compression structure to and from checkpoints, and the compression summary.
+
+The detector is quantized in mmdet's `tensor` mode (backbone, neck and head outputs): NNCF traces
+`model(images)` and inserts fake quantizers by operation name; the same names occur when the
+Runner calls the model in `loss` and `predict` mode, so the quantizers act there too (see
+`compat.route_head_through_module`, without which the head's names would differ).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nncf
+import torch
+from nncf.common.quantization.structs import QuantizationPreset, QuantizationScheme
+from nncf.quantization.advanced_parameters import (
+    AdvancedQuantizationParameters,
+    OverflowFix,
+    QuantizationParameters,
+)
+from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+from nncf.torch.function_hook.wrapper import get_hook_storage
+
+from detcompress.presets import Quantization, QuantizerSettings
+
+# NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
+RANGE_ESTIMATORS = {
+    "min_max": RangeEstimatorParametersSet.MINMAX,
+    "mean_min_max": RangeEstimatorParametersSet.MEAN_MINMAX,
+    "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+    "mean_percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+    "threshold": None,
+    "mixed_min_max": None,
+}
+REGEX_PREFIX = "{re}"  # NNCF 2's marker of a regular-expression scope
+
+
+@dataclass
+class QuantizationSummary:
+    weight_quantizers: int = 0
+    activation_quantizers: int = 0
+    ignored_matched: dict[str, list[str]] = field(default_factory=dict)
+    ignored_unmatched: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"quantizers: {self.weight_quantizers} on weights, "
+            f"{self.activation_quantizers} on activations"
+        ]
+        for scope, nodes in self.ignored_matched.items():
+            out.append(f"ignored scope '{scope}' matched {len(nodes)} operations")
+        for scope in self.ignored_unmatched:
+            out.append(f"ignored scope '{scope}' matched nothing (check the operation names)")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weight_quantizers": self.weight_quantizers,
+            "activation_quantizers": self.activation_quantizers,
+            "ignored_matched": {k: len(v) for k, v in self.ignored_matched.items()},
+            "ignored_unmatched": list(self.ignored_unmatched),
+        }
+
+
+def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Operation names of the traced model, as `ignored_scopes` must spell them."""
+    graph = nncf.build_graph(model, example_input=example_input)
+    return [node.node_name for node in graph.get_all_nodes()]
+
+
+def match_scopes(scopes: Iterable[str], names: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """NNCF 2 scopes (names, or regexes prefixed with {re}) against operation names."""
+    matched: dict[str, list[str]] = {}
+    unmatched: list[str] = []
+    for scope in scopes:
+        if scope.startswith(REGEX_PREFIX):
+            pattern = re.compile(scope[len(REGEX_PREFIX) :])
+            hits = [n for n in names if pattern.search(n)]
+        else:
+            hits = [n for n in names if n == scope]
+        if hits:
+            matched[scope] = hits
+        else:
+            unmatched.append(scope)
+    return matched, unmatched
+
+
+def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
+    mode = {"symmetric": QuantizationScheme.SYMMETRIC, "asymmetric": QuantizationScheme.ASYMMETRIC}
+    return QuantizationParameters(
+        num_bits=settings.bits,
+        mode=mode.get(settings.mode) if settings.mode else None,
+        per_channel=settings.per_channel,
+    )
+
+
+def quantize(
+    detector: torch.nn.Module,
+    algo: Quantization,
+    batches: Iterable[Any],
+    to_inputs: Callable[[Any], torch.Tensor],
+    num_init_steps: int,
+    num_bn_adaptation_steps: int,
+    target_device: str = "ANY",
+) -> tuple[torch.nn.Module, QuantizationSummary]:
+    """nncf.quantize with range initialization on `num_init_steps` batches, then batch-norm
+    adaptation on `num_bn_adaptation_steps` batches. Returns the quantized model (a copy)."""
+    dataset = nncf.Dataset(batches, to_inputs)
+    example = to_inputs(next(iter(batches)))
+    names = graph_node_names(detector, example)
+    ignored = list(algo.ignored_scopes) + list(
+        algo.settings.get("activations", {}).get("ignored_scopes", []) or []
+    )
+    matched, unmatched = match_scopes(ignored, names)
+    summary = QuantizationSummary(ignored_matched=matched, ignored_unmatched=unmatched)
+    ignored_scope = nncf.IgnoredScope(
+        names=sorted({n for hits in matched.values() for n in hits}), validate=False
+    )
+    advanced = AdvancedQuantizationParameters(
+        weights_quantization_params=_quantizer_params(algo.weights),
+        activations_quantization_params=_quantizer_params(algo.activations),
+        overflow_fix=OverflowFix(algo.settings["overflow_fix"])
+        if "overflow_fix" in algo.settings
+        else None,
+    )
+    estimator = RANGE_ESTIMATORS.get(algo.range_type or "")
+    if estimator is not None:
+        advanced.activations_range_estimator_params = estimator
+    quantized = nncf.quantize(
+        detector,
+        dataset,
+        preset=QuantizationPreset(algo.preset),
+        target_device=nncf.TargetDevice[target_device],
+        subset_size=max(1, num_init_steps),
+        ignored_scope=ignored_scope,
+        advanced_parameters=advanced,
+    )
+    if num_bn_adaptation_steps > 0:
+        quantized = nncf.batch_norm_adaptation(
+            quantized, dataset, num_iterations=num_bn_adaptation_steps
+        )
+    weights, activations = count_quantizers(quantized)
+    summary.weight_quantizers, summary.activation_quantizers = weights, activations
+    return quantized, summary
+
+
+def quantizer_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(hook name, quantizer) for every fake quantizer NNCF inserted."""
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    storage = get_hook_storage(model)
+    return [
+        (n, m)
+        for n, m in storage.named_hooks(remove_duplicate=False)
+        if isinstance(m, BaseQuantizer)
+    ]
+
+
+def count_quantizers(model: torch.nn.Module) -> tuple[int, int]:
+    """(weight quantizers, activation quantizers). Weight quantizers sit after the weight
+    constants (`post_hooks` of a `...weight` node)."""
+    weights = activations = 0
+    seen: set[int] = set()
+    for name, module in quantizer_modules(model):
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        if re.search(r"(weight|\.w)[^/]*$", name.split(".", 1)[-1].split("__")[0]):
+            weights += 1
+        else:
+            activations += 1
+    return weights, activations
+
+
+def is_compressed(model: torch.nn.Module) -> bool:
+    from nncf.torch.function_hook.wrapper import is_wrapped
+
+    return is_wrapped(model) and bool(quantizer_modules(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression structure <-> checkpoint (plain types, so checkpoints load with weights_only=True)
+
+_ENUM_MARK = "__enum__"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        cls = type(value)
+        return {_ENUM_MARK: f"{cls.__module__}:{cls.__qualname__}", "value": value.value}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and _ENUM_MARK in value:
+        module, _, qualname = value[_ENUM_MARK].partition(":")
+        if not module.startswith("nncf."):  # only NNCF's own enums are rebuilt
+            raise ValueError(f"refusing to rebuild {value[_ENUM_MARK]} from a checkpoint")
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        return cls(value["value"])
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def compression_structure(model: torch.nn.Module) -> dict[str, Any]:
+    """nncf.torch.get_config in plain types."""
+    return _encode(nncf.torch.get_config(model))
+
+
+def restore_structure(model: torch.nn.Module, structure: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the compressed model's structure (quantizers in place, untrained values)."""
+    return nncf.torch.load_from_config(model, _decode(structure))
