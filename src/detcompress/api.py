@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import yaml
 
 from detcompress.config import LoadedConfig, check_data_paths, load_config
-from detcompress.errors import NotAvailableError, OutputExistsError
+from detcompress.errors import CheckpointError, ConfigError, OutputExistsError
 
 # ---------------------------------------------------------------------------------------------
 # init
@@ -107,6 +108,7 @@ class CompressResult:
     iterations: int
     train_seconds: float
     compressed: bool
+    compression: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         m = self.metrics
@@ -134,6 +136,7 @@ class CompressResult:
             "compressed": self.compressed,
             "iterations": self.iterations,
             "train_seconds": round(self.train_seconds, 3),
+            "compression": self.compression,
             **self.metrics,
         }
 
@@ -164,53 +167,139 @@ def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
 def compress(
     plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False
 ) -> CompressResult:
-    if not plan.config.nncf.is_empty:
-        raise NotAvailableError(
-            "compression with NNCF is not available yet in this version; without --preset "
-            "and nncf_config, compress fine-tunes in FP32"
-        )
-    splits = ("val",) if plan.max_iters == 0 else ("train", "val")
-    check_data_paths(plan.config.cfg, plan.config.path, splits)
-    if plan.load_from is not None and not plan.load_from.is_file():
-        from detcompress.errors import CheckpointError
+    """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
+    compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner."""
+    from detcompress.checkpoint import load_checkpoint
 
-        raise CheckpointError(f"{plan.load_from}: checkpoint file not found (load_from)")
+    loaded = plan.config
+    nncf_config = loaded.nncf
+    if not nncf_config.is_empty:
+        from detcompress.compression import require_nncf
+
+        require_nncf()
+    splits = ("val",) if plan.max_iters == 0 else ("train", "val")
+    check_data_paths(loaded.cfg, loaded.path, splits)
+    source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
     _claim_work_dir(plan.work_dir, force)
 
-    from detcompress import training
+    from detcompress import detector, training
+
+    cfg = loaded.cfg
+    training.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
+    model = detector.build_detector(cfg)
+    source_meta = detector.detcompress_meta(source)
+    report_lines: list[str] = []
+    report: dict[str, Any] = {}
+    if plan.load_from is not None and source_meta and source_meta.get("compressed"):
+        nncf_config = _nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
+        model = _rebuild_compressed(model, source_meta, source)
+        report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
+    else:
+        if plan.load_from is not None and source is not None:
+            detector.load_weights(model, source, plan.load_from)
+        if not nncf_config.is_empty:
+            model, init_report = _initialize_compression(cfg, model, nncf_config)
+            report_lines, report = init_report.lines, init_report.data
+    for line in report_lines:
+        print(f"[detcompress] {line}", flush=True)
+    detector.mark_initialized(model)
 
     meta = {
-        "compressed": False,
-        "nncf_config": plan.config.nncf.raw,
-        "config_text": plan.config.cfg.pretty_text,
-        "nncf_compress_postprocessing": plan.config.compress_postprocessing,
+        "nncf_config": nncf_config.raw,
+        "config_text": cfg.pretty_text,
+        "nncf_compress_postprocessing": loaded.compress_postprocessing,
+        "compression_summary": report,
     }
+    post_training_only = plan.max_iters == 0
     result = training.run(
-        plan.config.cfg,
-        plan.work_dir,
-        plan.load_from,
-        plan.max_iters,
-        plan.max_epochs,
+        cfg,
+        model,
         meta,
+        _structure_fn(nncf_config),
         trust_checkpoint=trust_checkpoint,
+        evaluate_only=post_training_only,
     )
+    checkpoint = result.checkpoint
+    if post_training_only and not nncf_config.is_empty:
+        # Post-training quantization: nothing was trained, so the Runner saved nothing.
+        result.runner.save_checkpoint(
+            str(plan.work_dir), "ptq.pth", save_optimizer=False, save_param_scheduler=False
+        )
+        checkpoint = plan.work_dir / "ptq.pth"
     return CompressResult(
         result.work_dir,
-        result.checkpoint,
+        checkpoint,
         _strip_prefix(result.metrics),
         result.iterations,
         result.train_seconds,
-        compressed=False,
+        compressed=not nncf_config.is_empty,
+        compression=report,
     )
 
 
-def _claim_work_dir(work_dir: Path, force: bool) -> None:
-    """Refuse to mix a new run into a work dir that holds checkpoints of an earlier one."""
+def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
+    if nncf_config.is_empty:
+        return lambda model: None
+    from detcompress.compression.pipeline import model_structure
+
+    return model_structure
+
+
+def _initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
+    from detcompress.compression.pipeline import calibration_batches_needed, compress_model
+    from detcompress.training import calibration_batches
+
+    batch_size = cfg.train_dataloader.get("batch_size", 1)
+    batches = calibration_batches(cfg, calibration_batches_needed(nncf_config, batch_size))
+    model.eval()
+
+    def to_inputs(batch: Any) -> Any:
+        return model.data_preprocessor(batch, False)["inputs"]
+
+    return compress_model(model, nncf_config, batches, to_inputs, batch_size)
+
+
+def _rebuild_compressed(model: Any, meta: dict[str, Any], checkpoint: Any) -> Any:
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    from detcompress.compression import require_nncf
+
+    require_nncf()
+    from detcompress.compression.pipeline import rebuild_model
+
+    model = rebuild_model(model, meta["structure"])
+    _load_checkpoint_to_model(model, checkpoint, strict=True)
+    return model
+
+
+def _nncf_config_of_checkpoint(
+    path: Path, meta: dict[str, Any], requested: Any, force: bool
+) -> Any:
+    """A compressed checkpoint brings its own nncf_config; a different requested one is refused
+    (with the differing keys) unless --force."""
+    from detcompress.presets import build_nncf_config, differing_keys
+
+    stored = meta.get("nncf_config") or {}
+    if not requested.is_empty:
+        diff = differing_keys(stored, requested.raw)
+        if diff and not force:
+            raise ConfigError(
+                f"{path}: was compressed with a different nncf_config (differing keys: "
+                f"{', '.join(diff)}); pass --force to continue with the checkpoint's compression"
+            )
+    return build_nncf_config(stored, f"{path} (nncf_config)")
+
+
+def _claim_work_dir(work_dir: Path, force: bool, after_iteration: int = -1) -> None:
+    """Refuse to mix a run into a work dir holding checkpoints it would overwrite (for a
+    resumed run: checkpoints after the iteration it resumes from)."""
     existing = sorted(work_dir.glob("*.pth")) if work_dir.is_dir() else []
+    existing = [p for p in existing if after_iteration < 0 or _iteration_of(p) > after_iteration]
     if existing and not force:
+        what = "an earlier run" if after_iteration < 0 else f"iterations after {after_iteration}"
         raise OutputExistsError(
-            f"{work_dir}: holds checkpoints of an earlier run ({existing[0].name}, ...); "
-            "choose another --work-dir, or pass --force to write beside them"
+            f"{work_dir}: holds checkpoints of {what} ({existing[0].name}, ...); choose another "
+            "--work-dir, or pass --force to move them aside"
         )
     if force and existing:
         # Keep the earlier run's checkpoints, moved aside, never deleted.
@@ -219,3 +308,100 @@ def _claim_work_dir(work_dir: Path, force: bool) -> None:
         backup.mkdir(exist_ok=True)
         for ckpt in existing:
             shutil.move(str(ckpt), backup / ckpt.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+
+
+def find_checkpoint(target: Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a work dir."""
+    if target.is_file():
+        return target
+    if target.is_dir():
+        marker = target / "last_checkpoint"
+        if marker.is_file():
+            latest = Path(marker.read_text().strip())
+            if latest.is_file():
+                return latest
+        found = sorted(target.glob("iter_*.pth"), key=_iteration_of) or sorted(
+            target.glob("epoch_*.pth"), key=_iteration_of
+        )
+        if found:
+            return found[-1]
+        raise CheckpointError(f"{target}: work dir holds no checkpoint (iter_*.pth, epoch_*.pth)")
+    raise CheckpointError(f"{target}: no such checkpoint file or work dir")
+
+
+def _iteration_of(path: Path) -> int:
+    digits = path.stem.split("_")[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
+def resume(
+    target: Path,
+    max_iters: int | None = None,
+    work_dir: Path | None = None,
+    config: Path | None = None,
+    preset: str | None = None,
+    cfg_options: list[str] | None = None,
+    trust_checkpoint: bool = False,
+    force: bool = False,
+) -> CompressResult:
+    """Continue a detcompress run from its checkpoint alone: config, data, model and
+    compression come from the checkpoint; iteration, optimizer and LR state too."""
+    from mmengine.config import Config
+
+    from detcompress import detector, training
+    from detcompress.checkpoint import load_checkpoint
+    from detcompress.presets import build_nncf_config, read_preset_file, resolve_preset
+
+    path = find_checkpoint(target)
+    checkpoint = load_checkpoint(path, trust=trust_checkpoint)
+    meta = detector.detcompress_meta(checkpoint)
+    if meta is None:
+        raise CheckpointError(
+            f"{path}: not written by detcompress (no meta.detcompress); to continue from it, "
+            f"run `detcompress compress CONFIG --load-from {path}`"
+        )
+    stored = build_nncf_config(meta.get("nncf_config") or {}, f"{path} (nncf_config)")
+    if config is not None or preset is not None:
+        if config is not None:
+            requested = load_config(config, preset, cfg_options).nncf.raw
+        else:
+            assert preset is not None
+            requested = read_preset_file(resolve_preset(preset))
+        _nncf_config_of_checkpoint(path, meta, build_nncf_config(requested, "requested"), force)
+
+    cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    if max_iters is not None:
+        training.set_schedule(cfg, max_iters, None)
+    training.share_parameters_safely(cfg)
+    cfg.work_dir = str(work_dir or Path(cfg.work_dir))
+    done = int(checkpoint.get("meta", {}).get("iter", 0))
+    _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
+    cfg.resume = True
+    cfg.load_from = str(path)
+
+    model = detector.build_detector(cfg)
+    if meta.get("compressed"):
+        from detcompress.compression import require_nncf
+
+        require_nncf()
+        from detcompress.compression.pipeline import rebuild_model
+
+        model = rebuild_model(model, meta["structure"])
+    detector.mark_initialized(model)
+    run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
+    result = training.run(
+        cfg, model, run_meta, _structure_fn(stored), trust_checkpoint=trust_checkpoint
+    )
+    return CompressResult(
+        result.work_dir,
+        result.checkpoint,
+        _strip_prefix(result.metrics),
+        result.iterations,
+        result.train_seconds,
+        compressed=not stored.is_empty,
+        compression=meta.get("compression_summary") or {},
+    )

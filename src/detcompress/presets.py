@@ -412,3 +412,24 @@ def _typed_algorithm(algo: dict[str, Any]) -> Algorithm:
         num_bn_adaptation_steps=bn.get("num_bn_adaptation_steps"),
         num_bn_adaptation_samples=bn.get("num_bn_adaptation_samples"),
     )
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two nncf_configs (for refusing a mismatch)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(a) + [k for k in b if k not in a]
+        out: list[str] = []
+        for key in keys:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append(path)
+            else:
+                out += differing_keys(a[key], b[key], path)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            k
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for k in differing_keys(x, y, f"{prefix}[{i}]")
+        ]
+    return [] if a == b else [prefix or "(whole config)"]

@@ -8,7 +8,8 @@ self-describing and loadable with `weights_only=True`, one that records validati
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from detcompress.checkpoint import (
     plain,
     to_safe_message_hub,
 )
-from detcompress.compat import apply_mmdet_workarounds
 
 
 def package_versions() -> dict[str, str]:
@@ -40,16 +40,23 @@ def package_versions() -> dict[str, str]:
 
 
 class SelfDescribingCheckpointHook(Hook):
-    """Adds detcompress's meta to every checkpoint and stores the message hub in plain types,
-    so that the checkpoint loads with torch's `weights_only=True`."""
+    """Adds detcompress's meta to every checkpoint (with the compression structure as it is at
+    saving time) and stores the message hub in plain types, so that the checkpoint loads with
+    torch's `weights_only=True`."""
 
     priority = "VERY_LOW"  # after mmengine's own hooks have filled the checkpoint
 
-    def __init__(self, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, meta: dict[str, Any], structure: Callable[[Any], dict[str, Any] | None]
+    ) -> None:
         self.meta = meta
+        self.structure = structure
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["detcompress"] = plain(self.meta)
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        structure = self.structure(model)
+        meta = {**self.meta, "compressed": structure is not None, "structure": structure}
+        checkpoint.setdefault("meta", {})["detcompress"] = plain(meta)
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = to_safe_message_hub(checkpoint["message_hub"])
 
@@ -79,15 +86,41 @@ class TrainResult:
     metrics: dict[str, float]
     iterations: int
     train_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    runner: Any = None
+
+
+def prepare_cfg(cfg: Any, work_dir: Path, max_iters: int | None, max_epochs: int | None) -> None:
+    """detcompress's overrides, applied before the config is saved into checkpoints: the model
+    is built and loaded by detcompress, so the Runner loads nothing itself."""
+    cfg.work_dir = str(work_dir)
+    cfg.load_from = None
+    cfg.resume = False
+    set_schedule(cfg, max_iters, max_epochs)
+    share_parameters_safely(cfg)
+
+
+def share_parameters_safely(cfg: Any) -> None:
+    """NNCF registers a quantizer shared by several operations under each of their names;
+    mmengine's paramwise optimizer constructor would then put its parameters into two groups,
+    which torch refuses. `bypass_duplicate` makes the constructor add them once (a no-op for
+    models without shared modules)."""
+    wrapper = cfg.get("optim_wrapper")
+    if wrapper is not None and wrapper.get("paramwise_cfg") is not None:
+        wrapper["paramwise_cfg"]["bypass_duplicate"] = True
 
 
 def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> None:
     """Override the schedule length so that training ends with a validation and a checkpoint."""
     if max_iters is not None:
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+        # Keep a shorter iteration-based checkpoint interval of the config; else save at the end.
+        hook = cfg.default_hooks.get("checkpoint") or {}
+        interval = hook.get("interval", max_iters) if not hook.get("by_epoch", True) else max_iters
         cfg.default_hooks.checkpoint = dict(
-            type="CheckpointHook", by_epoch=False, interval=max_iters, max_keep_ckpts=2
+            type="CheckpointHook",
+            by_epoch=False,
+            interval=min(interval, max_iters) if interval > 0 else max_iters,
+            max_keep_ckpts=hook.get("max_keep_ckpts", 2),
         )
         cfg.log_processor = dict(cfg.get("log_processor", {}), by_epoch=False)
         logger = cfg.default_hooks.get("logger")
@@ -111,38 +144,88 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
             loader["persistent_workers"] = False
 
 
-def run(
-    cfg: Any,
-    work_dir: Path,
-    load_from: Path | None,
-    max_iters: int | None,
-    max_epochs: int | None,
-    meta: dict[str, Any],
-    trust_checkpoint: bool = False,
-) -> TrainResult:
-    """Train (or, with max_iters=0, only validate) through mmengine's Runner."""
+def calibration_batches(cfg: Any, count: int) -> list[Any]:
+    """`count` batches from the train dataloader, drawn with a seeded DefaultSampler (mmengine's
+    InfiniteSampler breaks NNCF's dataset iteration), collated as the Runner would."""
+    import copy
+    import itertools
+
     from mmengine.runner import Runner
 
-    apply_mmdet_workarounds()
-    install_mmengine_loader(trust=trust_checkpoint)
-    cfg.work_dir = str(work_dir)
-    cfg.load_from = str(load_from) if load_from else None
-    cfg.resume = False
-    set_schedule(cfg, max_iters, max_epochs)
-    recorder = MetricsRecorderHook()
-    runner = Runner.from_cfg(cfg)
-    runner.register_hook(SelfDescribingCheckpointHook({**meta, "versions": package_versions()}))
-    runner.register_hook(recorder)
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg["sampler"] = dict(type="DefaultSampler", shuffle=True)
+    loader_cfg["persistent_workers"] = False
+    loader = Runner.build_dataloader(loader_cfg, seed=0)
+    batches = list(itertools.islice(loader, count))
+    while len(batches) < count:  # a small dataset: go round again
+        batches += list(itertools.islice(loader, count - len(batches)))
+    return batches
 
+
+def build_runner(cfg: Any, model: Any) -> Any:
+    """Runner.from_cfg, but with a model instance detcompress built (and maybe compressed)."""
+    from mmengine.runner import Runner
+
+    return Runner(
+        model=model,
+        work_dir=cfg["work_dir"],
+        train_dataloader=cfg.get("train_dataloader"),
+        val_dataloader=cfg.get("val_dataloader"),
+        test_dataloader=cfg.get("test_dataloader"),
+        train_cfg=cfg.get("train_cfg"),
+        val_cfg=cfg.get("val_cfg"),
+        test_cfg=cfg.get("test_cfg"),
+        auto_scale_lr=cfg.get("auto_scale_lr"),
+        optim_wrapper=cfg.get("optim_wrapper"),
+        param_scheduler=cfg.get("param_scheduler"),
+        val_evaluator=cfg.get("val_evaluator"),
+        test_evaluator=cfg.get("test_evaluator"),
+        default_hooks=cfg.get("default_hooks"),
+        custom_hooks=cfg.get("custom_hooks"),
+        data_preprocessor=cfg.get("data_preprocessor"),
+        load_from=cfg.get("load_from"),
+        resume=cfg.get("resume", False),
+        launcher=cfg.get("launcher", "none"),
+        env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
+        log_processor=cfg.get("log_processor"),
+        log_level=cfg.get("log_level", "INFO"),
+        visualizer=cfg.get("visualizer"),
+        default_scope=cfg.get("default_scope", "mmengine"),
+        randomness=cfg.get("randomness", dict(seed=None)),
+        experiment_name=cfg.get("experiment_name"),
+        cfg=cfg,
+    )
+
+
+def run(
+    cfg: Any,
+    model: Any,
+    meta: dict[str, Any],
+    structure: Callable[[Any], dict[str, Any] | None],
+    trust_checkpoint: bool = False,
+    evaluate_only: bool = False,
+) -> TrainResult:
+    """Train (or only validate) `model` through mmengine's Runner; with `cfg.resume` and
+    `cfg.load_from` set, continue from that checkpoint."""
+    install_mmengine_loader(trust=trust_checkpoint)
+    work_dir = Path(cfg.work_dir)
+    recorder = MetricsRecorderHook()
+    runner = build_runner(cfg, model)
+    runner.register_hook(
+        SelfDescribingCheckpointHook({**meta, "versions": package_versions()}, structure)
+    )
+    runner.register_hook(recorder)
+    if evaluate_only:
+        runner.val()
+        return TrainResult(work_dir, None, recorder.metrics, 0, 0.0, runner=runner)
     start = time.perf_counter()
-    if max_iters == 0:
-        runner.val()  # loads load_from, validates, trains nothing
-        return TrainResult(work_dir, None, recorder.metrics, 0, 0.0)
     runner.train()
     seconds = time.perf_counter() - start
     if recorder.iteration != runner.iter:  # the last validation was not at the end
         runner.val()
-    return TrainResult(work_dir, _last_checkpoint(work_dir), recorder.metrics, runner.iter, seconds)
+    return TrainResult(
+        work_dir, _last_checkpoint(work_dir), recorder.metrics, runner.iter, seconds, runner=runner
+    )
 
 
 def _last_checkpoint(work_dir: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""`detcompress resume`: continue an interrupted compression run from its checkpoint."""
+"""`detcompress resume`: continue an interrupted run from its checkpoint alone."""
 
 from __future__ import annotations
 
@@ -7,13 +7,49 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors
-from detcompress.errors import NotAvailableError
+from detcompress.commands._common import user_errors, write_json
 
 
 @user_errors
 def resume(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or work dir to resume from.")],
+    target: Annotated[
+        Path, typer.Argument(help="Checkpoint, or a work dir (its latest checkpoint).")
+    ],
+    max_iters: Annotated[
+        int | None, typer.Option(min=1, help="Train until iteration N (default: as before).")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Write here instead of the run's own work dir.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Check this config's nncf_config against the checkpoint's.")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Check this preset against the checkpoint's nncf_config.")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Resume despite a differing nncf_config or later checkpoints."),
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
+    ] = None,
 ) -> None:
-    """Resume compression from a checkpoint (not available yet)."""
-    raise NotAvailableError("'detcompress resume' is not available yet in this version")
+    """Resume compression or fine-tuning where the checkpoint left off: same iteration,
+    optimizer state and learning rate; config, data and compression come from the checkpoint."""
+    from detcompress import api
+
+    result = api.resume(
+        target,
+        max_iters=max_iters,
+        work_dir=work_dir,
+        config=config,
+        preset=preset,
+        trust_checkpoint=trust_checkpoint,
+        force=force,
+    )
+    typer.echo(result.summary())
+    write_json(json_path, result.to_json())

@@ -56,7 +56,10 @@ class QuantizationSummary:
         for scope, nodes in self.ignored_matched.items():
             out.append(f"ignored scope '{scope}' matched {len(nodes)} operations")
         for scope in self.ignored_unmatched:
-            out.append(f"ignored scope '{scope}' matched nothing (check the operation names)")
+            out.append(
+                f"warning: ignored scope '{scope}' matched nothing; operation names look like "
+                "'backbone/stem/conv/conv/conv2d/0' ({re}-prefixed scopes are regexes)"
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -103,16 +106,16 @@ def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
 def quantize(
     detector: torch.nn.Module,
     algo: Quantization,
-    batches: Iterable[Any],
+    batches: list[Any],
     to_inputs: Callable[[Any], torch.Tensor],
-    num_init_steps: int,
     num_bn_adaptation_steps: int,
+    bn_batches: list[Any],
     target_device: str = "ANY",
 ) -> tuple[torch.nn.Module, QuantizationSummary]:
-    """nncf.quantize with range initialization on `num_init_steps` batches, then batch-norm
-    adaptation on `num_bn_adaptation_steps` batches. Returns the quantized model (a copy)."""
+    """nncf.quantize with range initialization on `batches`, then batch-norm adaptation on
+    `num_bn_adaptation_steps` of `bn_batches`. Returns the quantized model (a copy)."""
     dataset = nncf.Dataset(batches, to_inputs)
-    example = to_inputs(next(iter(batches)))
+    example = to_inputs(batches[0])
     names = graph_node_names(detector, example)
     ignored = list(algo.ignored_scopes) + list(
         algo.settings.get("activations", {}).get("ignored_scopes", []) or []
@@ -137,13 +140,13 @@ def quantize(
         dataset,
         preset=QuantizationPreset(algo.preset),
         target_device=nncf.TargetDevice[target_device],
-        subset_size=max(1, num_init_steps),
+        subset_size=len(batches),
         ignored_scope=ignored_scope,
         advanced_parameters=advanced,
     )
     if num_bn_adaptation_steps > 0:
         quantized = nncf.batch_norm_adaptation(
-            quantized, dataset, num_iterations=num_bn_adaptation_steps
+            quantized, nncf.Dataset(bn_batches, to_inputs), num_iterations=num_bn_adaptation_steps
         )
     weights, activations = count_quantizers(quantized)
     summary.weight_quantizers, summary.activation_quantizers = weights, activations
@@ -162,16 +165,20 @@ def quantizer_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     ]
 
 
+# Hook names are '<pre|post>_hooks.<operation>__<port>.<index>'; weights enter a convolution or
+# matmul through port 1 and are quantized by a pre-hook there, activations everywhere else.
+_WEIGHT_HOOK = re.compile(r"^pre_hooks\..*__[1-9]\d*\.\d+$")
+
+
 def count_quantizers(model: torch.nn.Module) -> tuple[int, int]:
-    """(weight quantizers, activation quantizers). Weight quantizers sit after the weight
-    constants (`post_hooks` of a `...weight` node)."""
+    """(weight quantizers, activation quantizers), each shared quantizer counted once."""
     weights = activations = 0
     seen: set[int] = set()
     for name, module in quantizer_modules(model):
         if id(module) in seen:
             continue
         seen.add(id(module))
-        if re.search(r"(weight|\.w)[^/]*$", name.split(".", 1)[-1].split("__")[0]):
+        if _WEIGHT_HOOK.match(name):
             weights += 1
         else:
             activations += 1

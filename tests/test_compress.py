@@ -1,0 +1,234 @@
+"""int8 quantization-aware training through NNCF 3, end to end on the real stack (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from detcompress.cli import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.slow
+
+# Few calibration batches keep the tiny runs fast; the preset's own values are tested elsewhere.
+FAST_INIT = [
+    "nncf_config.compression.initializer.range.num_init_steps=2",
+    "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
+]
+
+
+def _compress(config: Path, work_dir: Path, *extra: str) -> tuple[Any, dict]:
+    out = work_dir.parent / f"{work_dir.name}.json"
+    result = runner.invoke(
+        app,
+        ["compress", str(config), "--work-dir", str(work_dir), "--json", str(out), *extra],
+    )
+    data = json.loads(out.read_text()) if out.exists() else {}
+    return result, data
+
+
+@pytest.fixture(scope="module")
+def qat_run(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """4 QAT iterations from an FP32 checkpoint, checkpoints at iterations 2 and 4."""
+    base = tmp_path_factory.mktemp("qat")
+    config = tiny_workspace / "configs" / "demo.py"
+    fp32, fp32_data = _compress(config, base / "fp32", "--max-iters", "2")
+    assert fp32.exit_code == 0, fp32.output
+    result, data = _compress(
+        config, base / "qat", "--preset", "int8", "--load-from", fp32_data["checkpoint"],
+        "--max-iters", "4", "--cfg-options", *FAST_INIT, "default_hooks.checkpoint.interval=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return {"base": base, "config": config, "data": data, "output": result.output,
+            "fp32": fp32_data["checkpoint"]}  # fmt: skip
+
+
+def test_qat_reports_quantizers_and_writes_compressed_checkpoint(qat_run: dict) -> None:
+    data = qat_run["data"]
+    assert data["compressed"] is True and data["iterations"] == 4
+    q = data["compression"]["quantization"]
+    assert q["weight_quantizers"] > 50 and q["activation_quantizers"] > 30
+    assert "quantizers:" in qat_run["output"] and "range init on 2 batches" in qat_run["output"]
+    ckpt = torch.load(data["checkpoint"], map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]["detcompress"]
+    assert meta["compressed"] is True
+    assert meta["nncf_config"]["compression"]["algorithm"] == "quantization"
+    assert meta["structure"]["compression_state"]  # NNCF's get_config, in plain types
+    assert "YOLOX" in meta["config_text"]
+    assert {"torch", "mmdet", "mmengine", "detcompress"} <= set(meta["versions"])
+    assert any("__nncf_hooks" in k for k in ckpt["state_dict"])
+    assert {"optimizer", "param_schedulers", "message_hub"} <= set(ckpt)
+
+
+def test_evaluating_compressed_checkpoint_reproduces_last_validation(qat_run: dict) -> None:
+    result, again = _compress(
+        qat_run["config"], qat_run["base"] / "eval", "--max-iters", "0", "--load-from",
+        qat_run["data"]["checkpoint"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "compression rebuilt from" in result.output
+    assert again["compressed"] is True
+    for key in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75"):
+        assert again[key] == pytest.approx(qat_run["data"][key], abs=1e-9)
+
+
+def test_resume_continues_to_the_same_final_weights(qat_run: dict) -> None:
+    first = qat_run["base"] / "qat"
+    result = runner.invoke(
+        app, ["resume", str(first / "iter_2.pth"), "--work-dir", str(qat_run["base"] / "resumed")]
+    )
+    assert result.exit_code == 0, result.output
+    uninterrupted = torch.load(first / "iter_4.pth", map_location="cpu", weights_only=True)
+    resumed = torch.load(
+        qat_run["base"] / "resumed" / "iter_4.pth", map_location="cpu", weights_only=True
+    )
+    assert resumed["meta"]["iter"] == 4
+    lr = [g["lr"] for g in uninterrupted["optimizer"]["param_groups"]]
+    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == lr
+    a, b = uninterrupted["state_dict"], resumed["state_dict"]
+    assert set(a) == set(b)
+    for key in a:
+        # Same data order and seeds: identical up to float summation order in threaded kernels.
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-5, atol=1e-6), key
+
+
+def test_resume_refuses_to_overwrite_later_checkpoints(qat_run: dict) -> None:
+    first = qat_run["base"] / "qat"
+    before = (first / "iter_4.pth").stat().st_mtime_ns
+    result = runner.invoke(app, ["resume", str(first / "iter_2.pth")])
+    assert result.exit_code == 2
+    assert "iterations after 2" in result.output and len(result.output.strip().splitlines()) == 1
+    assert (first / "iter_4.pth").stat().st_mtime_ns == before
+
+
+def test_compressed_checkpoint_with_other_nncf_config_is_refused(qat_run: dict) -> None:
+    result, _ = _compress(
+        qat_run["config"], qat_run["base"] / "other", "--preset", "int8_mixed", "--load-from",
+        qat_run["data"]["checkpoint"], "--max-iters", "1",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "different nncf_config" in line and "compression.preset" in line
+    assert "compression.activations.mode" in line and "--force" in line
+    assert not (qat_run["base"] / "other").exists()
+
+
+def test_unmatched_ignored_scope_is_listed(qat_run: dict) -> None:
+    result, data = _compress(
+        qat_run["config"], qat_run["base"] / "ignored", "--preset", "int8", "--load-from",
+        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
+        "nncf_config.compression.ignored_scopes=['{re}bbox_head/.*', 'backbone/nowhere/conv2d/0']",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ignored scope 'backbone/nowhere/conv2d/0' matched nothing" in result.output
+    ignored = data["compression"]["quantization"]
+    assert ignored["ignored_unmatched"] == ["backbone/nowhere/conv2d/0"]
+    assert ignored["ignored_matched"]["{re}bbox_head/.*"] > 0
+    full = qat_run["data"]["compression"]["quantization"]
+    assert ignored["activation_quantizers"] < full["activation_quantizers"]
+
+
+def test_truncated_checkpoint_is_a_clear_error(qat_run: dict, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(Path(qat_run["data"]["checkpoint"]).read_bytes()[:4096])
+    result, _ = _compress(qat_run["config"], tmp_path / "w", "--load-from", str(cut))
+    assert result.exit_code == 2
+    assert "truncated or corrupt" in result.output and str(cut) in result.output
+    assert not (tmp_path / "w").exists()
+
+
+RELOAD = """
+import sys, torch
+from mmengine.config import Config
+from detcompress import api, detector
+from detcompress.checkpoint import load_checkpoint
+ckpt = load_checkpoint(sys.argv[1])
+meta = detector.detcompress_meta(ckpt)
+cfg = Config.fromstring(meta["config_text"], file_format=".py")
+model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt).eval()
+with torch.no_grad():
+    outs = model(torch.load(sys.argv[2]))
+torch.save([t for level in outs for t in level], sys.argv[3])
+"""
+
+
+def test_compressed_checkpoint_reloads_bit_identically(qat_run: dict, tmp_path: Path) -> None:
+    from mmengine.config import Config
+
+    from detcompress import api, detector
+    from detcompress.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
+    meta = detector.detcompress_meta(ckpt)
+    assert meta is not None
+    cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt).eval()
+    x = torch.rand(2, 3, 96, 96) * 255
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        here = [t for level in model(x) for t in level]
+    out = subprocess.run(
+        [sys.executable, "-c", RELOAD, qat_run["data"]["checkpoint"], str(tmp_path / "x.pt"),
+         str(tmp_path / "y.pt")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    there = torch.load(tmp_path / "y.pt")
+    assert len(here) == len(there) > 0
+    assert all(torch.equal(a, b) for a, b in zip(here, there, strict=True))
+
+
+def _quantizer_calls_per_mode(model: Any, batch: Any) -> dict[str, int]:
+    from detcompress.compression.nncf_adapter import quantizer_modules
+
+    calls = {"n": 0}
+    unique = {id(m): m for _, m in quantizer_modules(model)}
+    handles = [
+        m.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        for m in unique.values()
+    ]
+    counts = {}
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(batch, False)
+        model(data["inputs"])
+        counts["tensor"], calls["n"] = calls["n"], 0
+        model(**data, mode="predict")
+        counts["predict"], calls["n"] = calls["n"], 0
+    model.train()
+    model(**model.data_preprocessor(batch, True), mode="loss")
+    counts["loss"] = calls["n"]
+    for handle in handles:
+        handle.remove()
+    return counts
+
+
+def test_fake_quantizers_act_in_loss_predict_and_tensor_modes(qat_run: dict) -> None:
+    from mmengine.config import Config
+
+    from detcompress import api, detector, training
+    from detcompress.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
+    meta = detector.detcompress_meta(ckpt)
+    assert meta is not None
+    cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    batch = training.calibration_batches(cfg, 1)[0]
+    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
+    counts = _quantizer_calls_per_mode(model, batch)
+    # Every quantizer of the traced graph runs in every mode (shared ones more than once).
+    assert counts["tensor"] == counts["predict"] == counts["loss"]
+    total = sum(len(c["hook_names_in_model"]) for c in meta["structure"]["compression_state"])
+    assert counts["tensor"] >= total > 0
+    # And the reason for detcompress's head routing: without it, tensor mode misses the head's.
+    plain = detector.build_detector(cfg)
+    del plain._forward  # back to mmdet's own SingleStageDetector._forward
+    unrouted = _quantizer_calls_per_mode(api._rebuild_compressed(plain, meta, ckpt), batch)
+    assert unrouted["tensor"] < unrouted["loss"] == counts["loss"]

@@ -1,0 +1,69 @@
+"""`compress --preset int8` on mmdet's stock configs (random weights, few iterations, slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from detcompress.cli import app
+
+pytestmark = pytest.mark.slow
+
+# stock config -> input size (as small as the model's anchors/strides allow)
+STOCK = {
+    "ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py": 320,
+    "ssd/ssd300_coco.py": 300,
+    "retinanet/retinanet_r18_fpn_1x_coco.py": 256,
+    "yolox/yolox_tiny_8xb8-300e_coco.py": 128,
+}
+
+TEMPLATE = """\
+_base_ = 'mmdet::{base}'
+data_root = '{data}/'
+metainfo = dict(classes=('circle', 'square', 'triangle'))
+model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=3))
+pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=({size}, {size}), keep_ratio=False),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
+                 ann_file='annotations/train.json', data_prefix=dict(img='train/')))
+val_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
+                 ann_file='annotations/val.json', data_prefix=dict(img='val/'), test_mode=True))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
+test_evaluator = val_evaluator
+custom_hooks = []
+"""
+
+
+@pytest.mark.parametrize("base", sorted(STOCK))
+def test_int8_compress_on_stock_config(base: str, tiny_workspace: Path, tmp_path: Path) -> None:
+    config = tmp_path / (Path(base).stem + ".py")
+    config.write_text(TEMPLATE.format(base=base, data=tiny_workspace / "data", size=STOCK[base]))
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app,
+        ["compress", str(config), "--preset", "int8", "--max-iters", "2", "--work-dir",
+         str(tmp_path / "w"), "--json", str(out), "--cfg-options",
+         "nncf_config.compression.initializer.range.num_init_steps=2",
+         "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    data = json.loads(out.read_text())
+    q = data["compression"]["quantization"]
+    assert q["weight_quantizers"] > 0 and q["activation_quantizers"] > 0
+    ckpt = torch.load(data["checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["detcompress"]["compressed"] is True
+    assert ckpt["meta"]["iter"] == 2
