@@ -39,9 +39,7 @@ def test_cli_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize(
-    "command", [["resume", "x.pth"], ["eval", "x.pth"], ["export", "x.pth"], ["bench", "x.xml"]]
-)
+@pytest.mark.parametrize("command", [["eval", "x.pth"], ["export", "x.pth"], ["bench", "x.xml"]])
 def test_commands_not_built_yet_say_so(command: list[str]) -> None:
     result = runner.invoke(app, command)
     assert result.exit_code == 1
@@ -69,3 +67,27 @@ def test_init_preset_unknown_name_suggests(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "did you mean 'int8'?" in result.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compression_without_nncf_installed_is_one_clear_error(
+    inline_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` now raises ImportError
+    result = runner.invoke(app, ["compress", str(inline_config), "--max-iters", "1"])
+    assert result.exit_code == 2
+    assert "nncf is not installed" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_needs_a_detcompress_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    result = runner.invoke(app, ["resume", str(foreign)])
+    assert result.exit_code == 2
+    assert "not written by detcompress" in result.output and "--load-from" in result.output
+    missing = runner.invoke(app, ["resume", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such checkpoint file or work dir" in missing.output
+    empty = runner.invoke(app, ["resume", str(tmp_path)])
+    assert empty.exit_code == 2 and "holds no checkpoint" in empty.output

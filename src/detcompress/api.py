@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from detcompress.config import LoadedConfig, check_data_paths, load_config
-from detcompress.errors import CheckpointError, ConfigError, OutputExistsError
+from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
 
 # ---------------------------------------------------------------------------------------------
 # init
@@ -26,18 +26,20 @@ def init_demo(directory: Path, seed: int = 0, force: bool = False) -> Path:
 
 
 def init_preset(name: str, output: Path | None = None, force: bool = False) -> Path:
-    from detcompress.presets import bundled_presets, resolve_preset
+    from detcompress.errors import PresetError
+    from detcompress.io import atomic_write_text
+    from detcompress.presets import bundled_presets
 
-    source = resolve_preset(name) if name in bundled_presets() else None
-    if source is None:
-        resolve_preset(name)  # raises the "unknown preset" error with the valid names
-        raise AssertionError("unreachable")
+    bundled = bundled_presets()
+    if name not in bundled:
+        raise PresetError(
+            f"unknown preset '{name}'{closest(name, bundled)}; bundled presets: "
+            f"{', '.join(bundled)}"
+        )
     target = output or Path(f"{name}.yaml")
     if target.exists() and not force:
         raise OutputExistsError(f"{target}: file exists; pass --force to overwrite it")
-    from detcompress.io import atomic_write_text
-
-    atomic_write_text(target, source.read_text(encoding="utf-8"))
+    atomic_write_text(target, bundled[name].read_text(encoding="utf-8"))
     return target
 
 
