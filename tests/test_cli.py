@@ -91,3 +91,9 @@ def test_resume_needs_a_detcompress_checkpoint(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no such checkpoint file or work dir" in missing.output
     empty = runner.invoke(app, ["resume", str(tmp_path)])
     assert empty.exit_code == 2 and "holds no checkpoint" in empty.output
+
+
+def test_unknown_device_is_one_clear_error(inline_config: Path) -> None:
+    result = runner.invoke(app, ["compress", str(inline_config), "--device", "tpu"])
+    assert result.exit_code == 2
+    assert "--device is 'tpu'; valid: auto, cpu, cuda" in result.output

@@ -167,10 +167,13 @@ def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def compress(
-    plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False
+    plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False, device: str = "auto"
 ) -> CompressResult:
     """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
     compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner."""
+    from detcompress import detector
+
+    target_device = detector.select_device(device)
     from detcompress.checkpoint import load_checkpoint
 
     loaded = plan.config
@@ -184,7 +187,7 @@ def compress(
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
     _claim_work_dir(plan.work_dir, force)
 
-    from detcompress import detector, training
+    from detcompress import training
 
     cfg = loaded.cfg
     training.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
@@ -200,7 +203,7 @@ def compress(
         if plan.load_from is not None and source is not None:
             detector.load_weights(model, source, plan.load_from)
         if not nncf_config.is_empty:
-            model, init_report = _initialize_compression(cfg, model, nncf_config)
+            model, init_report = _initialize_compression(cfg, model.to(target_device), nncf_config)
             report_lines, report = init_report.lines, init_report.data
     for line in report_lines:
         print(f"[detcompress] {line}", flush=True)
@@ -349,12 +352,15 @@ def resume(
     cfg_options: list[str] | None = None,
     trust_checkpoint: bool = False,
     force: bool = False,
+    device: str = "auto",
 ) -> CompressResult:
     """Continue a detcompress run from its checkpoint alone: config, data, model and
     compression come from the checkpoint; iteration, optimizer and LR state too."""
     from mmengine.config import Config
 
     from detcompress import detector, training
+
+    detector.select_device(device)
     from detcompress.checkpoint import load_checkpoint
     from detcompress.presets import build_nncf_config, read_preset_file, resolve_preset
 

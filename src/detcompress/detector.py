@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detcompress.compat import apply_mmdet_workarounds, route_head_through_module
-from detcompress.errors import CheckpointError
+from detcompress.errors import CheckpointError, DetcompressError
 
 NNCF_STATE_MARK = "__nncf_hooks"
 
@@ -28,6 +28,28 @@ def build_detector(cfg: Any) -> Any:
     model.init_weights()
     route_head_through_module(model)
     return model
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is there, else 'cpu'. Call before anything touches CUDA:
+    'cpu' hides the GPUs from torch (and so from mmengine's Runner) for this process."""
+    import os
+
+    if device not in DEVICES:
+        raise DetcompressError(f"--device is '{device}'; valid: {', '.join(DEVICES)}")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise DetcompressError("--device cuda: no CUDA device is available to torch here")
+    return "cpu"
 
 
 def mark_initialized(model: Any) -> None:

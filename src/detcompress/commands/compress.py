@@ -46,6 +46,7 @@ def compress(
     force: Annotated[
         bool, typer.Option(help="Write into a work dir that already holds checkpoints.")
     ] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
     ] = None,
@@ -70,7 +71,7 @@ def compress(
     if dry_run:
         typer.echo(plan.describe())
         return
-    result = api.compress(plan, trust_checkpoint=trust_checkpoint, force=force)
+    result = api.compress(plan, trust_checkpoint=trust_checkpoint, force=force, device=device)
     typer.echo(result.summary())
     write_json(json_path, result.to_json())
 

@@ -34,6 +34,7 @@ def resume(
         bool,
         typer.Option(help="Resume despite a differing nncf_config or later checkpoints."),
     ] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
     ] = None,
@@ -50,6 +51,7 @@ def resume(
         preset=preset,
         trust_checkpoint=trust_checkpoint,
         force=force,
+        device=device,
     )
     typer.echo(result.summary())
     write_json(json_path, result.to_json())
