@@ -225,8 +225,9 @@ def compress(
         evaluate_only=post_training_only,
     )
     checkpoint = result.checkpoint
-    if post_training_only and not nncf_config.is_empty:
-        # Post-training quantization: nothing was trained, so the Runner saved nothing.
+    if post_training_only and report:
+        # Compression was initialized but nothing trained (post-training quantization): the
+        # Runner saved nothing, so save the calibrated model here.
         result.runner.save_checkpoint(
             str(plan.work_dir), "ptq.pth", save_optimizer=False, save_param_scheduler=False
         )
