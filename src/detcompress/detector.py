@@ -3,6 +3,9 @@ exists (compression has to happen before mmengine builds the optimizer)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,23 @@ def build_detector(cfg: Any) -> Any:
     if seed is not None:
         set_random_seed(seed)
     model = MODELS.build(cfg.model)
-    model.init_weights()
+    with _quiet_mmengine_logger():  # init_weights logs one INFO block per parameter
+        model.init_weights()
     route_head_through_module(model)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_mmengine_logger() -> Iterator[None]:
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 DEVICES = ("auto", "cpu", "cuda")
