@@ -22,6 +22,7 @@ from detcompress.checkpoint import (
     plain,
     to_safe_message_hub,
 )
+from detcompress.errors import ConfigError
 
 
 def package_versions() -> dict[str, str]:
@@ -156,9 +157,15 @@ def calibration_batches(cfg: Any, count: int) -> list[Any]:
     loader_cfg["sampler"] = dict(type="DefaultSampler", shuffle=True)
     loader_cfg["persistent_workers"] = False
     loader = Runner.build_dataloader(loader_cfg, seed=0)
-    batches = list(itertools.islice(loader, count))
+    batches: list[Any] = []
     while len(batches) < count:  # a small dataset: go round again
-        batches += list(itertools.islice(loader, count - len(batches)))
+        more = list(itertools.islice(loader, count - len(batches)))
+        if not more:
+            raise ConfigError(
+                "'train_dataloader' yields no batches (empty dataset, or every image filtered "
+                "out by filter_cfg); compression needs training images to calibrate on"
+            )
+        batches += more
     return batches
 
 
