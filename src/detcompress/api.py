@@ -265,15 +265,21 @@ def _initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any
     return compress_model(model, nncf_config, batches, to_inputs, batch_size)
 
 
-def _rebuild_compressed(model: Any, meta: dict[str, Any], checkpoint: Any) -> Any:
-    from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
+def _rebuild_structure(model: Any, meta: dict[str, Any]) -> Any:
+    """The compression structure of a detcompress checkpoint on `model` (values untrained)."""
     from detcompress.compression import require_nncf
 
     require_nncf()
     from detcompress.compression.pipeline import rebuild_model
 
-    model = rebuild_model(model, meta["structure"])
+    return rebuild_model(model, meta["structure"])
+
+
+def _rebuild_compressed(model: Any, meta: dict[str, Any], checkpoint: Any) -> Any:
+    """`_rebuild_structure`, then the checkpoint's weights and quantizer values."""
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    model = _rebuild_structure(model, meta)
     _load_checkpoint_to_model(model, checkpoint, strict=True)
     return model
 
@@ -394,12 +400,8 @@ def resume(
 
     model = detector.build_detector(cfg)
     if meta.get("compressed"):
-        from detcompress.compression import require_nncf
-
-        require_nncf()
-        from detcompress.compression.pipeline import rebuild_model
-
-        model = rebuild_model(model, meta["structure"])
+        # Structure only: the Runner's resume loads weights, optimizer and schedule.
+        model = _rebuild_structure(model, meta)
     detector.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
     result = training.run(

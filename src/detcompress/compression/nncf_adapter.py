@@ -108,12 +108,11 @@ def quantize(
     algo: Quantization,
     batches: list[Any],
     to_inputs: Callable[[Any], torch.Tensor],
-    num_bn_adaptation_steps: int,
     bn_batches: list[Any],
     target_device: str = "ANY",
 ) -> tuple[torch.nn.Module, QuantizationSummary]:
     """nncf.quantize with range initialization on `batches`, then batch-norm adaptation on
-    `num_bn_adaptation_steps` of `bn_batches`. Returns the quantized model (a copy)."""
+    `bn_batches` (none: no adaptation). Returns the quantized model (a copy)."""
     dataset = nncf.Dataset(batches, to_inputs)
     example = to_inputs(batches[0])
     names = graph_node_names(detector, example)
@@ -144,9 +143,9 @@ def quantize(
         ignored_scope=ignored_scope,
         advanced_parameters=advanced,
     )
-    if num_bn_adaptation_steps > 0:
+    if bn_batches:
         quantized = nncf.batch_norm_adaptation(
-            quantized, nncf.Dataset(bn_batches, to_inputs), num_iterations=num_bn_adaptation_steps
+            quantized, nncf.Dataset(bn_batches, to_inputs), num_iterations=len(bn_batches)
         )
     weights, activations = count_quantizers(quantized)
     summary.weight_quantizers, summary.activation_quantizers = weights, activations

@@ -36,26 +36,25 @@ def steps(
     return math.ceil((given_samples if given_samples is not None else default_samples) / batch)
 
 
+def quantization_steps(algo: Quantization, batch_size: int) -> tuple[int, int]:
+    """(range-init batches, BN-adaptation batches) of a quantization algorithm."""
+    init = steps(algo.num_init_steps, algo.num_init_samples, DEFAULT_RANGE_INIT_SAMPLES, batch_size)
+    bn = steps(
+        algo.num_bn_adaptation_steps,
+        algo.num_bn_adaptation_samples,
+        DEFAULT_BN_ADAPTATION_SAMPLES,
+        batch_size,
+    )
+    return init, bn
+
+
 def calibration_batches_needed(nncf: NNCFConfig, batch_size: int) -> int:
-    needed = 0
-    for algo in nncf.algorithms:
-        if isinstance(algo, Quantization):
-            needed = max(
-                needed,
-                steps(
-                    algo.num_init_steps,
-                    algo.num_init_samples,
-                    DEFAULT_RANGE_INIT_SAMPLES,
-                    batch_size,
-                ),
-                steps(
-                    algo.num_bn_adaptation_steps,
-                    algo.num_bn_adaptation_samples,
-                    DEFAULT_BN_ADAPTATION_SAMPLES,
-                    batch_size,
-                ),
-            )
-    return max(needed, 1)
+    needed = [
+        max(quantization_steps(algo, batch_size))
+        for algo in nncf.algorithms
+        if isinstance(algo, Quantization)
+    ]
+    return max([*needed, 1])
 
 
 def compress_model(
@@ -74,21 +73,12 @@ def compress_model(
             raise NotAvailableError(
                 f"'{algo.name}' is not available yet in this version; 'quantization' is"
             )
-        init_steps = steps(
-            algo.num_init_steps, algo.num_init_samples, DEFAULT_RANGE_INIT_SAMPLES, batch_size
-        )
-        bn_steps = steps(
-            algo.num_bn_adaptation_steps,
-            algo.num_bn_adaptation_samples,
-            DEFAULT_BN_ADAPTATION_SAMPLES,
-            batch_size,
-        )
+        init_steps, bn_steps = quantization_steps(algo, batch_size)
         model, summary = nncf_adapter.quantize(
             model,
             algo,
             batches[:init_steps],
             to_inputs,
-            num_bn_adaptation_steps=bn_steps,
             bn_batches=batches[:bn_steps],
             target_device=nncf_config.target_device,
         )
