@@ -14,6 +14,7 @@ import yaml
 
 from detcompress.config import LoadedConfig, check_data_paths, load_config
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
+from detcompress.io import checkpoint_iteration, latest_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # init
@@ -306,7 +307,9 @@ def _claim_work_dir(work_dir: Path, force: bool, after_iteration: int = -1) -> N
     """Refuse to mix a run into a work dir holding checkpoints it would overwrite (for a
     resumed run: checkpoints after the iteration it resumes from)."""
     existing = sorted(work_dir.glob("*.pth")) if work_dir.is_dir() else []
-    existing = [p for p in existing if after_iteration < 0 or _iteration_of(p) > after_iteration]
+    existing = [
+        p for p in existing if after_iteration < 0 or checkpoint_iteration(p) > after_iteration
+    ]
     if existing and not force:
         what = "an earlier run" if after_iteration < 0 else f"iterations after {after_iteration}"
         raise OutputExistsError(
@@ -331,23 +334,11 @@ def find_checkpoint(target: Path) -> Path:
     if target.is_file():
         return target
     if target.is_dir():
-        marker = target / "last_checkpoint"
-        if marker.is_file():
-            latest = Path(marker.read_text().strip())
-            if latest.is_file():
-                return latest
-        found = sorted(target.glob("iter_*.pth"), key=_iteration_of) or sorted(
-            target.glob("epoch_*.pth"), key=_iteration_of
-        )
-        if found:
-            return found[-1]
+        latest = latest_checkpoint(target)
+        if latest is not None:
+            return latest
         raise CheckpointError(f"{target}: work dir holds no checkpoint (iter_*.pth, epoch_*.pth)")
     raise CheckpointError(f"{target}: no such checkpoint file or work dir")
-
-
-def _iteration_of(path: Path) -> int:
-    digits = path.stem.split("_")[-1]
-    return int(digits) if digits.isdigit() else -1
 
 
 def resume(

@@ -1,4 +1,5 @@
-"""Atomic outputs: write into a temporary folder next to the target, then rename."""
+"""Files on disk: atomic outputs (temporary folder next to the target, then rename) and the
+checkpoints of a work dir."""
 
 from __future__ import annotations
 
@@ -55,3 +56,22 @@ def atomic_write_text(target: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The number in mmengine's `iter_N.pth` / `epoch_N.pth`, or -1."""
+    digits = path.stem.split("_")[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint mmengine's `last_checkpoint` marker names, else the highest numbered one."""
+    marker = work_dir / "last_checkpoint"
+    if marker.is_file():
+        latest = Path(marker.read_text().strip())
+        if latest.is_file():
+            return latest
+    found = sorted(work_dir.glob("iter_*.pth"), key=checkpoint_iteration) or sorted(
+        work_dir.glob("epoch_*.pth"), key=checkpoint_iteration
+    )
+    return found[-1] if found else None

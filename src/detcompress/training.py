@@ -23,6 +23,7 @@ from detcompress.checkpoint import (
     to_safe_message_hub,
 )
 from detcompress.errors import ConfigError
+from detcompress.io import latest_checkpoint
 
 
 def package_versions() -> dict[str, str]:
@@ -231,13 +232,5 @@ def run(
     if recorder.iteration != runner.iter:  # the last validation was not at the end
         runner.val()
     return TrainResult(
-        work_dir, _last_checkpoint(work_dir), recorder.metrics, runner.iter, seconds, runner=runner
+        work_dir, latest_checkpoint(work_dir), recorder.metrics, runner.iter, seconds, runner=runner
     )
-
-
-def _last_checkpoint(work_dir: Path) -> Path | None:
-    marker = work_dir / "last_checkpoint"
-    if marker.is_file():
-        return Path(marker.read_text().strip())
-    found = sorted(work_dir.glob("*.pth"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
