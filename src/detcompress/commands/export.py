@@ -1,4 +1,4 @@
-"""`detcompress export`: export a checkpoint to ONNX and OpenVINO IR."""
+"""`detcompress export`: a checkpoint -> OpenVINO IR and/or ONNX, verified."""
 
 from __future__ import annotations
 
@@ -7,13 +7,64 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors
-from detcompress.errors import NotAvailableError
+from detcompress.commands._common import user_errors, write_json
 
 
 @user_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pth), FP32 or compressed.")],
+    to: Annotated[str, typer.Option(help="openvino, onnx or all.")] = "openvino",
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <checkpoint>_export beside it).")
+    ] = None,
+    input_shape: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="Input height and width (default: the test pipeline's size)."),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option(help="Leave the batch dimension dynamic.")] = False,
+    postprocessing: Annotated[
+        bool | None,
+        typer.Option(
+            "--postprocessing/--no-postprocessing",
+            help="Box decoding and NMS inside the graph (default: as the checkpoint's "
+            "nncf_compress_postprocessing, true for FP32).",
+        ),
+    ] = None,
+    fp16_weights: Annotated[
+        bool, typer.Option(help="Store the IR's floating-point weights as FP16.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="mmdet config (needed for a plain mmdet checkpoint).")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
+    ] = False,
+    verify_images: Annotated[
+        int, typer.Option(min=1, help="Validation images to verify the exported model on.")
+    ] = 4,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write files and verification numbers as JSON.")
+    ] = None,
 ) -> None:
-    """Export to ONNX / OpenVINO IR (not available yet)."""
-    raise NotAvailableError("'detcompress export' is not available yet in this version")
+    """Export to OpenVINO IR and/or ONNX (compression stripped, int8 kept), write the model's
+    description beside it, and verify the exported model against PyTorch."""
+    from detcompress.export import export as run_export
+
+    result = run_export(
+        checkpoint,
+        to=to,
+        out=out,
+        input_shape=input_shape,
+        batch=batch,
+        dynamic_batch=dynamic_batch,
+        postprocessing=postprocessing,
+        fp16_weights=fp16_weights,
+        force=force,
+        config=config,
+        trust_checkpoint=trust_checkpoint,
+        verify_images=verify_images,
+    )
+    typer.echo(result.summary())
+    write_json(json_path, result.to_json())

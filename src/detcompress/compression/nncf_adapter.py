@@ -231,3 +231,29 @@ def compression_structure(model: torch.nn.Module) -> dict[str, Any]:
 def restore_structure(model: torch.nn.Module, structure: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the compressed model's structure (quantizers in place, untrained values)."""
     return nncf.torch.load_from_config(model, _decode(structure))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def strip_for_export(model: torch.nn.Module, example_input: torch.Tensor) -> torch.nn.Module:
+    """A copy with NNCF's quantizers replaced by torch's own fake quantizers, which OpenVINO
+    converts to FakeQuantize and torch's ONNX exporter to QuantizeLinear/DequantizeLinear.
+
+    NNCF 3.4's `strip` walks the hooks with duplicates removed, so a quantizer shared by several
+    operations (unified scales, e.g. before a concat) is replaced at one of them only and stays
+    NNCF's own elsewhere (exported as a custom op onnxruntime cannot run): replace the rest here,
+    keeping them shared."""
+    from nncf.torch.quantization.layers import BaseQuantizer
+    from nncf.torch.quantization.strip import convert_to_torch_fakequantizer
+
+    stripped = nncf.strip(model, example_input=example_input)
+    storage = get_hook_storage(stripped)
+    converted: dict[int, torch.nn.Module] = {}
+    for name, module in list(storage.named_hooks(remove_duplicate=False)):
+        if isinstance(module, BaseQuantizer):
+            if id(module) not in converted:
+                converted[id(module)] = convert_to_torch_fakequantizer(module)
+            storage.set_submodule(name, converted[id(module)])
+    return stripped

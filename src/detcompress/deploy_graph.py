@@ -1,0 +1,287 @@
+"""The detector as a deployable graph: an image batch in, the head's raw outputs (or decoded boxes
+and per-class scores, ready for a backend's NMS operation) out.
+
+The exported model takes images as mmdet's test pipeline delivers them (BGR, 0..255, resized as
+the pipeline says, padded bottom-right to the export size); the data preprocessor's channel flip
+and mean/std run inside the graph, so a deployment needs nothing from mmdet.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from detcompress.errors import ConfigError, DetcompressError
+
+# Heads whose box decoding detcompress can put inside the graph (and why they differ):
+# YOLOX keeps one label per box (its best class); anchor heads keep every (box, class) pair.
+SUPPORTED_HEADS = ("YOLOXHead", "SSDHead", "RetinaHead", "AnchorHead")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a deployment does to an image before the exported model sees it, and what the model
+    does itself (channel flip, mean/std)."""
+
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+    bgr_to_rgb: bool
+    pad_value: float
+    size_divisor: int
+    resize_scale: list[int] | None  # (w, h) as in mmdet's Resize
+    keep_ratio: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NMSParams:
+    score_threshold: float
+    iou_threshold: float
+    max_per_image: int  # -1: unlimited
+    one_label_per_box: bool  # YOLOX: only the best class of a box takes part
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pipeline_step(pipeline: list[Any], name: str) -> dict[str, Any] | None:
+    for step in pipeline:
+        if step.get("type") == name:
+            return dict(step)
+    return None
+
+
+def preprocessing_of(cfg: Any, input_shape: tuple[int, int] | None, source: str) -> Preprocessing:
+    """The preprocessing of `cfg`'s test pipeline and data preprocessor, for a fixed input size
+    (`input_shape` (h, w), else the pipeline's Pad size or Resize scale rounded up to the size
+    divisor)."""
+    prep = dict(cfg.model.get("data_preprocessor") or {})
+    divisor = int(prep.get("pad_size_divisor", 1) or 1)
+    pipeline = list(cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline", []) or [])
+    resize = _pipeline_step(pipeline, "Resize")
+    pad = _pipeline_step(pipeline, "Pad")
+    scale = list(resize["scale"]) if resize and resize.get("scale") else None
+    pad_value = float(prep.get("pad_value", 0) or 0)
+    if pad:
+        pad_val = pad.get("pad_val", {})
+        img_val = pad_val.get("img", 0) if isinstance(pad_val, dict) else pad_val
+        pad_value = float(img_val[0] if isinstance(img_val, list | tuple) else img_val)
+    if input_shape is None:
+        if pad and pad.get("size"):
+            width, height = pad["size"]
+        elif scale:
+            width, height = scale
+        else:
+            raise ConfigError(
+                f"{source}: the test pipeline has no Resize scale or Pad size to take the input "
+                "size from; pass --input-shape H W"
+            )
+        height, width = _round_up(height, divisor), _round_up(width, divisor)
+    else:
+        height, width = input_shape
+    if height % divisor or width % divisor:
+        raise DetcompressError(
+            f"--input-shape {height} {width}: not divisible by {divisor} (the model's "
+            f"data_preprocessor.pad_size_divisor); use e.g. {_round_up(height, divisor)} "
+            f"{_round_up(width, divisor)}"
+        )
+    return Preprocessing(
+        height=int(height),
+        width=int(width),
+        mean=[float(v) for v in prep.get("mean") or [0.0, 0.0, 0.0]],
+        std=[float(v) for v in prep.get("std") or [1.0, 1.0, 1.0]],
+        bgr_to_rgb=bool(prep.get("bgr_to_rgb", False) or prep.get("rgb_to_bgr", False)),
+        pad_value=pad_value,
+        size_divisor=divisor,
+        resize_scale=[int(v) for v in scale] if scale else None,
+        keep_ratio=bool(resize.get("keep_ratio", False)) if resize else False,
+    )
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return -(-int(value) // divisor) * divisor
+
+
+def nms_params(head: Any) -> NMSParams:
+    cfg = head.test_cfg or {}
+    nms = cfg.get("nms") or {}
+    if nms.get("type", "nms") != "nms":
+        raise DetcompressError(
+            f"test_cfg.nms.type is '{nms.get('type')}': only 'nms' can go inside the exported "
+            "graph; export with --no-postprocessing"
+        )
+    max_per_image = cfg.get("max_per_img", nms.get("max_num", -1))
+    return NMSParams(
+        score_threshold=float(cfg.get("score_thr", 0.0)),
+        iou_threshold=float(nms.get("iou_threshold", 0.5)),
+        max_per_image=int(max_per_image if max_per_image is not None else -1),
+        one_label_per_box=type(head).__name__ == "YOLOXHead",
+    )
+
+
+def output_groups(head: Any, count: int) -> list[str]:
+    """Names of the head's `tensor`-mode output groups, as its `predict_by_feat` calls them
+    (cls_scores, bbox_preds, objectnesses/score_factors, ...)."""
+    params = [p for p in inspect.signature(head.predict_by_feat).parameters if p != "self"]
+    return params[:count]
+
+
+class _YOLOXDecoder(nn.Module):
+    """YOLOXHead.predict_by_feat before NMS, in traceable torch: boxes [N, M, 4] and
+    scores [N, C, M] where only each box's best class keeps its score."""
+
+    priors: torch.Tensor
+
+    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]]) -> None:
+        super().__init__()
+        priors = head.prior_generator.grid_priors(featmap_sizes, device="cpu", with_stride=True)
+        self.register_buffer("priors", torch.cat(priors), persistent=False)
+        self.num_classes = head.cls_out_channels
+
+    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_scores, bbox_preds, objectnesses = outs
+        n = cls_scores[0].shape[0]
+        cls = torch.cat(
+            [c.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes) for c in cls_scores], 1
+        ).sigmoid()
+        deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        obj = torch.cat([o.permute(0, 2, 3, 1).reshape(n, -1) for o in objectnesses], 1).sigmoid()
+        priors = self.priors
+        xy = deltas[..., :2] * priors[:, 2:] + priors[:, :2]
+        wh = deltas[..., 2:].exp() * priors[:, 2:]
+        boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+        best = torch.nn.functional.one_hot(cls.argmax(-1), self.num_classes).to(cls.dtype)
+        scores = cls * best * obj.unsqueeze(-1)
+        return boxes, scores.transpose(1, 2)
+
+
+class _AnchorDecoder(nn.Module):
+    """AnchorHead.predict_by_feat before NMS (RetinaNet, SSD): every (prior, class) pair is a
+    candidate; boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0,
+    as mmdet filters them. mmdet's per-level `nms_pre` top-k is not applied (all candidates go
+    to NMS), which can only add low-scoring boxes that mmdet would have dropped."""
+
+    priors: torch.Tensor
+
+    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]], height: int, width: int):
+        super().__init__()
+        priors = head.prior_generator.grid_priors(featmap_sizes, device="cpu")
+        self.register_buffer("priors", torch.cat(priors), persistent=False)
+        self.head_coder: Any = head.bbox_coder
+        self.cls_out = head.cls_out_channels
+        self.use_sigmoid = head.use_sigmoid_cls
+        self.min_size = float((head.test_cfg or {}).get("min_bbox_size", -1))
+        self.limits = (float(width), float(height))
+
+    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_scores, bbox_preds = outs[0], outs[1]
+        n = cls_scores[0].shape[0]
+        logits = torch.cat(
+            [c.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out) for c in cls_scores], 1
+        )
+        scores = logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
+        deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        # max_shape=None: mmdet's clamp path imports a module removed in mmdet 3 under ONNX export
+        boxes = self.head_coder.decode(self.priors.expand(n, -1, -1), deltas, max_shape=None)
+        w, h = self.limits
+        boxes = torch.stack(
+            [
+                boxes[..., 0].clamp(0, w),
+                boxes[..., 1].clamp(0, h),
+                boxes[..., 2].clamp(0, w),
+                boxes[..., 3].clamp(0, h),
+            ],
+            -1,
+        )
+        if self.min_size >= 0:
+            big = (boxes[..., 2] - boxes[..., 0] > self.min_size) & (
+                boxes[..., 3] - boxes[..., 1] > self.min_size
+            )
+            scores = scores * big.unsqueeze(-1).to(scores.dtype)
+        return boxes, scores.transpose(1, 2)
+
+
+class DeployableDetector(nn.Module):
+    """image [N, 3, H, W] (BGR, 0..255) -> the head's outputs, flattened, or with
+    `decode_boxes` (boxes [N, M, 4] in input pixels, scores [N, C, M]) for an NMS operation."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, detector: nn.Module, prep: Preprocessing, decode_boxes: bool) -> None:
+        super().__init__()
+        self.detector = detector
+        self.flip = prep.bgr_to_rgb
+        self.register_buffer("mean", torch.tensor(prep.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(prep.std).view(1, -1, 1, 1), persistent=False)
+        head: Any = detector.bbox_head
+        example = torch.zeros(1, 3, prep.height, prep.width)
+        with torch.no_grad():
+            outs = detector(example, mode="tensor")
+        self.group_sizes = [len(group) for group in outs]
+        self.groups = output_groups(head, len(outs))
+        self.decoder: nn.Module | None = None
+        if decode_boxes:
+            sizes = [tuple(t.shape[-2:]) for t in outs[0]]
+            kind = type(head).__name__
+            if kind == "YOLOXHead":
+                self.decoder = _YOLOXDecoder(head, sizes)
+            elif _is_plain_anchor_head(head):
+                self.decoder = _AnchorDecoder(head, sizes, prep.height, prep.width)
+            else:
+                raise DetcompressError(
+                    f"postprocessing inside the exported graph is not available for {kind} "
+                    f"(available: {', '.join(SUPPORTED_HEADS)}); export with --no-postprocessing "
+                    "and detcompress applies mmdet's own postprocessing when evaluating"
+                )
+
+    @property
+    def raw_output_names(self) -> list[str]:
+        return [
+            f"{group}.{level}"
+            for group, size in zip(self.groups, self.group_sizes, strict=True)
+            for level in range(size)
+        ]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = image.flip(1) if self.flip else image
+        x = (x - self.mean) / self.std
+        outs = self.detector(x, mode="tensor")
+        if self.decoder is not None:
+            return tuple(self.decoder(outs))
+        return tuple(t for group in outs for t in group)
+
+
+def _is_plain_anchor_head(head: Any) -> bool:
+    from mmdet.models.dense_heads import AnchorHead
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+
+    # Heads that override the base postprocessing (or add score factors) decode differently.
+    return (
+        isinstance(head, AnchorHead)
+        and type(head)._predict_by_feat_single is BaseDenseHead._predict_by_feat_single
+        and type(head).predict_by_feat is BaseDenseHead.predict_by_feat
+    )
+
+
+def pad_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.Tensor:
+    """uint8/float images [3, h, w] from the test pipeline -> float [N, 3, H, W], padded
+    bottom-right with the pipeline's pad value, as the exported model expects."""
+    batch = torch.full((len(images), 3, prep.height, prep.width), prep.pad_value)
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        if h > prep.height or w > prep.width:
+            raise DetcompressError(
+                f"an image of {h}x{w} after the test pipeline does not fit the model's input "
+                f"{prep.height}x{prep.width}; export with a larger --input-shape"
+            )
+        batch[i, :, :h, :w] = image.float()
+    return batch

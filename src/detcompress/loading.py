@@ -1,0 +1,77 @@
+"""A trained detector from its checkpoint: a detcompress checkpoint brings its config and
+compression structure; a plain mmdet checkpoint needs its config (--config, or the config text
+mmengine stored in its meta)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detcompress.errors import CheckpointError
+
+
+@dataclass
+class LoadedDetector:
+    path: Path
+    cfg: Any
+    model: Any  # in eval mode, on the CPU
+    meta: dict[str, Any]  # meta.detcompress ({} for a plain mmdet checkpoint)
+    compressed: bool
+
+    @property
+    def classes(self) -> list[str]:
+        dataset = self.cfg.get("test_dataloader", {}).get("dataset", {})
+        classes = (dataset.get("metainfo") or {}).get("classes") or self.cfg.get(
+            "metainfo", {}
+        ).get("classes")
+        if classes:
+            return [str(c) for c in classes]
+        from mmdet.registry import DATASETS
+
+        dataset_cls = DATASETS.get(dataset.get("type", ""))
+        return [str(c) for c in getattr(dataset_cls, "METAINFO", {}).get("classes", [])]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_detector(
+    path: Path, config: Path | None = None, trust_checkpoint: bool = False
+) -> LoadedDetector:
+    from mmengine.config import Config
+
+    from detcompress import api, detector
+    from detcompress.checkpoint import load_checkpoint
+    from detcompress.config import load_mmdet_config
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    checkpoint = load_checkpoint(path, trust=trust_checkpoint)
+    meta = detector.detcompress_meta(checkpoint) or {}
+    if config is not None:
+        cfg = load_mmdet_config(config)
+    elif meta.get("config_text"):
+        cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    else:
+        stored = (checkpoint.get("meta") or {}).get("cfg") if isinstance(checkpoint, dict) else None
+        if not isinstance(stored, str):
+            raise CheckpointError(
+                f"{path}: holds no config (not written by detcompress or mmengine); pass "
+                "--config with the mmdet config it was trained with"
+            )
+        cfg = Config.fromstring(stored, file_format=".py")
+    model = detector.build_detector(cfg)
+    compressed = bool(meta.get("compressed"))
+    if compressed:
+        model = api._rebuild_compressed(model, meta, checkpoint)
+    else:
+        detector.load_weights(model, checkpoint, path)
+    model.eval()
+    return LoadedDetector(path, cfg, model, meta, compressed)
