@@ -118,11 +118,13 @@ def nms_params(head: Any) -> NMSParams:
             f"test_cfg.nms.type is '{nms.get('type')}': only 'nms' can go inside the exported "
             "graph; export with --no-postprocessing"
         )
-    max_per_image = cfg.get("max_per_img", nms.get("max_num", -1))
+    # mmdet caps at nms.max_num, then at max_per_img (YOLOXHead skips the latter; the graph
+    # applies it anyway, as the config asks, and COCO's metric counts 100 per image at most).
+    limits = [int(v) for v in (nms.get("max_num"), cfg.get("max_per_img")) if v and int(v) > 0]
     return NMSParams(
         score_threshold=float(cfg.get("score_thr", 0.0)),
         iou_threshold=float(nms.get("iou_threshold", 0.5)),
-        max_per_image=int(max_per_image if max_per_image is not None else -1),
+        max_per_image=min(limits) if limits else -1,
         one_label_per_box=type(head).__name__ == "YOLOXHead",
     )
 
@@ -165,9 +167,8 @@ class _YOLOXDecoder(nn.Module):
 
 class _AnchorDecoder(nn.Module):
     """AnchorHead.predict_by_feat before NMS (RetinaNet, SSD): every (prior, class) pair is a
-    candidate; boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0,
-    as mmdet filters them. mmdet's per-level `nms_pre` top-k is not applied (all candidates go
-    to NMS), which can only add low-scoring boxes that mmdet would have dropped."""
+    candidate, the best `nms_pre` of each level, as mmdet keeps them (the others score 0);
+    boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0."""
 
     priors: torch.Tensor
 
@@ -179,15 +180,13 @@ class _AnchorDecoder(nn.Module):
         self.cls_out = head.cls_out_channels
         self.use_sigmoid = head.use_sigmoid_cls
         self.min_size = float((head.test_cfg or {}).get("min_bbox_size", -1))
+        self.nms_pre = int((head.test_cfg or {}).get("nms_pre", -1))
         self.limits = (float(width), float(height))
 
     def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         cls_scores, bbox_preds = outs[0], outs[1]
         n = cls_scores[0].shape[0]
-        logits = torch.cat(
-            [c.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out) for c in cls_scores], 1
-        )
-        scores = logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
+        scores = torch.cat([self._level_scores(c, n) for c in cls_scores], 1)
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
         # max_shape=None: mmdet's clamp path imports a module removed in mmdet 3 under ONNX export
         boxes = self.head_coder.decode(self.priors.expand(n, -1, -1), deltas, max_shape=None)
@@ -207,6 +206,15 @@ class _AnchorDecoder(nn.Module):
             )
             scores = scores * big.unsqueeze(-1).to(scores.dtype)
         return boxes, scores.transpose(1, 2)
+
+    def _level_scores(self, cls_score: torch.Tensor, n: int) -> torch.Tensor:
+        logits = cls_score.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out)
+        scores = logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
+        pairs = scores.shape[1] * scores.shape[2]  # static: the input size is fixed
+        if 0 < self.nms_pre < pairs:
+            kth = scores.reshape(n, -1).topk(self.nms_pre, dim=1).values[:, -1:]
+            scores = scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
+        return scores
 
 
 class DeployableDetector(nn.Module):

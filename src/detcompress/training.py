@@ -26,19 +26,28 @@ from detcompress.errors import ConfigError
 from detcompress.io import latest_checkpoint
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(*extra: str) -> dict[str, str]:
+    """Versions of detcompress, the training stack and the `extra` distributions installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import mmcv
     import mmdet
     import mmengine
     import torch
 
-    return {
+    versions = {
         "detcompress": __version__,
         "torch": torch.__version__,
         "mmengine": mmengine.__version__,
         "mmcv": mmcv.__version__,
         "mmdet": mmdet.__version__,
     }
+    for name in extra:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 class SelfDescribingCheckpointHook(Hook):

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import openvino as ov
-import openvino.opset9 as opset9
 import openvino.opset13 as ops
 import torch
 
@@ -19,6 +18,7 @@ from detcompress.deploy_graph import NMSParams
 
 RT_INFO_KEY = ["detcompress", "metadata"]
 INT8_PRECISIONS = {"u8", "i8"}
+NO_LIMIT = 1 << 30
 
 
 def convert(
@@ -33,27 +33,64 @@ def convert(
     return model
 
 
+def _i64(value: Any) -> Any:
+    return ops.constant(np.array(value, dtype=np.int64))
+
+
 def append_nms(model: ov.Model, params: NMSParams) -> ov.Model:
     """boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (image index, label, score,
-    x1, y1, x2, y2), sorted by image and then by score, at most `max_per_image` per image."""
+    x1, y1, x2, y2), sorted by image and then by score, at most `max_per_image` per image.
+
+    The same graph as the ONNX export's (NonMaxSuppression, a stable sort, a per-image rank),
+    not OpenVINO's MulticlassNms: its CPU sort treats scores within 1e-6 as equal in a comparator
+    that is then not a strict weak ordering, and with many near-equal low scores (an under-trained
+    model, score_thr 0) it corrupts memory and crashes (openvino 2026.4, multiclass_nms.cpp)."""
     boxes = model.get_results()[0].input_value(0)
     scores = model.get_results()[1].input_value(0)
-    nms = opset9.multiclass_nms(
+    per_class = params.max_per_image if params.max_per_image > 0 else NO_LIMIT
+    nms = ops.non_max_suppression(
         boxes,
         scores,
-        sort_result_type="score",
-        sort_result_across_batch=False,
+        _i64([per_class]),
+        ops.constant(np.array([params.iou_threshold], np.float32)),
+        ops.constant(np.array([params.score_threshold], np.float32)),
+        box_encoding="corner",
+        sort_result_descending=False,
         output_type="i64",
-        iou_threshold=params.iou_threshold,
-        score_threshold=params.score_threshold,
-        keep_top_k=params.max_per_image,
-        background_class=-1,
-        normalized=True,  # mmcv's nms: IoU without the +1 pixel offset
     )
-    num_boxes = ops.gather(ops.shape_of(boxes), ops.constant(np.array([1], np.int64)), 0)
-    image_index = ops.divide(nms.output(1), num_boxes)  # flat index = image * M + box
-    detections = ops.concat([ops.convert(image_index, "f32"), nms.output(0)], axis=1)
-    result = ops.result(detections)
+    valid = nms.output(2)  # [1]: the rows of selected_indices that hold a selection
+    selected = ops.slice(nms.output(0), _i64([0]), valid, _i64([1]), _i64([0]))
+    image = ops.gather(selected, _i64(0), 1)
+    label = ops.gather(selected, _i64(1), 1)
+    box = ops.gather(selected, _i64(2), 1)
+    score = ops.gather_nd(scores, selected)
+    xyxy = ops.gather_nd(
+        boxes, ops.concat([ops.unsqueeze(image, _i64([1])), ops.unsqueeze(box, _i64([1]))], 1)
+    )
+    # Sort by image, then by score (descending): key = score - 4 * image, largest first.
+    key = ops.subtract(score, ops.multiply(ops.convert(image, "f32"), ops.constant(np.float32(4))))
+    count = ops.shape_of(key, "i64")
+    order = ops.topk(key, ops.squeeze(count, _i64([0])), 0, "max", "value", "i64", stable=True)
+    order = order.output(1)
+    image, label, score, xyxy = (ops.gather(t, order, 0) for t in (image, label, score, xyxy))
+    if params.max_per_image > 0:
+        # rank of a detection within its image = position - first position of that image
+        num_images = ops.gather(ops.shape_of(scores, "i64"), _i64(0), 0)
+        images = ops.range(_i64(0), num_images, _i64(1), "i64")
+        is_image = ops.equal(ops.unsqueeze(image, _i64([1])), ops.unsqueeze(images, _i64([0])))
+        per_image = ops.reduce_sum(ops.convert(is_image, "i64"), _i64([0]), keep_dims=False)
+        first = ops.gather(ops.cumsum(per_image, _i64(0), exclusive=True), image, 0)
+        position = ops.range(_i64(0), ops.squeeze(count, _i64([0])), _i64(1), "i64")
+        keep = ops.less(ops.subtract(position, first), _i64(params.max_per_image))
+        kept = ops.squeeze(ops.non_zero(keep, "i64"), _i64([0]))
+        image, label, score, xyxy = (ops.gather(t, kept, 0) for t in (image, label, score, xyxy))
+    columns = [
+        ops.unsqueeze(ops.convert(image, "f32"), _i64([1])),
+        ops.unsqueeze(ops.convert(label, "f32"), _i64([1])),
+        ops.unsqueeze(score, _i64([1])),
+        xyxy,
+    ]
+    result = ops.result(ops.concat(columns, 1))
     result.output(0).get_tensor().set_names({DETECTIONS_OUTPUT})
     return ov.Model([result], model.get_parameters(), model.get_friendly_name())
 

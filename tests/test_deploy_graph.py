@@ -1,0 +1,137 @@
+"""Box decoding and NMS inside the exported graph vs mmdet's own `predict_by_feat`, for every
+head kind export supports, on random head outputs spread widely enough that ties are rare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytestmark = pytest.mark.slow
+
+SIZE = 128
+HEADS = {
+    "yolox": "yolox/yolox_tiny_8xb8-300e_coco.py",
+    "ssdlite": "ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py",
+    "retinanet": "retinanet/retinanet_r18_fpn_1x_coco.py",
+}
+
+
+class _FixedHeadOutputs(nn.Module):
+    """A 'detector' whose tensor-mode forward returns prescribed head outputs."""
+
+    def __init__(self, head: nn.Module, outs: list[list[torch.Tensor]]) -> None:
+        super().__init__()
+        self.bbox_head = head
+        self.outs = outs
+
+    def forward(self, x: torch.Tensor, mode: str = "tensor") -> Any:
+        zero = x.mean() * 0  # keeps the input in the traced graph
+        return tuple([t + zero for t in group] for group in self.outs)
+
+
+def _head(base: str, tmp_path: Path) -> nn.Module:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from detcompress.compat import apply_mmdet_workarounds
+
+    register_all_modules()
+    apply_mmdet_workarounds()
+    config = tmp_path / "c.py"
+    config.write_text(f"_base_ = 'mmdet::{base}'\nmodel = dict(bbox_head=dict(num_classes=3))\n")
+    cfg = Config.fromfile(config)
+    head_cfg = cfg.model.bbox_head
+    head_cfg.update(train_cfg=cfg.model.get("train_cfg"), test_cfg=cfg.model.get("test_cfg"))
+    if base.startswith("ssd/ssdlite"):  # ssdlite's priors are laid out for 320 px
+        head_cfg.anchor_generator.update(strides=[8, 16, 32, 64, 128, 256][:6])
+    return MODELS.build(head_cfg).eval()
+
+
+def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
+    """Per level, what the head's forward would return, with widely spread values."""
+    generator = torch.Generator().manual_seed(0)
+    strides = [s[0] if isinstance(s, tuple | list) else s for s in head.prior_generator.strides]
+    sizes = [(max(1, SIZE // s),) * 2 for s in strides]
+    priors = getattr(head, "num_base_priors", 1)
+    per_level = priors if isinstance(priors, list) else [priors] * len(sizes)
+    groups = [[head.cls_out_channels * p for p in per_level], [4 * p for p in per_level]]
+    # Small box deltas: mmdet's class-aware NMS offsets boxes by class * (max coordinate + 1), so
+    # boxes reaching far below 0 can suppress boxes of the next class (a quirk the graph's
+    # per-class NMS does not have); trained models rarely predict such boxes.
+    stds = [1.0, 0.2]
+    if type(head).__name__ == "YOLOXHead":
+        groups.append([1] * len(sizes))
+        stds.append(1.0)
+    return [
+        [
+            torch.randn(batch, channels, *hw, generator=generator) * std
+            for channels, hw in zip(level_channels, sizes, strict=True)
+        ]
+        for level_channels, std in zip(groups, stds, strict=True)
+    ]
+
+
+def _mmdet_detections(head: Any, outs: list[list[torch.Tensor]], limit: int) -> list[np.ndarray]:
+    metas = [dict(img_shape=(SIZE, SIZE), scale_factor=(1.0, 1.0))] * outs[0][0].shape[0]
+    with torch.no_grad():
+        results = head.predict_by_feat(*outs, batch_img_metas=metas, rescale=False)
+    return [
+        np.concatenate(
+            [r.labels.float().numpy()[:, None], r.scores.numpy()[:, None], r.bboxes.numpy()], 1
+        )[: limit if limit > 0 else None]
+        for r in results
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_graph_detections_match_mmdet(kind: str, fmt: str, tmp_path: Path) -> None:
+    from detcompress.backends import onnx_backend, openvino_backend
+    from detcompress.deploy_graph import DeployableDetector, Preprocessing, nms_params
+
+    head = _head(HEADS[kind], tmp_path)
+    batch = 2
+    outs = _random_outputs(head, batch)
+    prep = Preprocessing(SIZE, SIZE, [0.0] * 3, [1.0] * 3, False, 0.0, 1, None, False)
+    graph = DeployableDetector(_FixedHeadOutputs(head, outs), prep, decode_boxes=True).eval()
+    params = nms_params(head)
+    example = torch.zeros(batch, 3, SIZE, SIZE)
+    with torch.no_grad():
+        if fmt == "openvino":
+            model = openvino_backend.append_nms(
+                openvino_backend.convert(graph, example, batch, ["boxes", "scores"]), params
+            )
+            xml = tmp_path / "m.xml"
+            openvino_backend.save(model, xml, {}, fp16_weights=False)
+            compiled = openvino_backend.compile_model(xml, f32=True)
+            detections = openvino_backend.infer(compiled, example.numpy())[0]
+        else:
+            path = tmp_path / "m.onnx"
+            onnx_backend.export(graph, example, path, ["boxes", "scores"], dynamic_batch=False)
+            onnx_backend.append_nms(path, params)
+            detections = onnx_backend.infer(onnx_backend.session(path), example.numpy())[0]
+    expected = _mmdet_detections(head, outs, params.max_per_image)
+    for index, theirs in enumerate(expected):
+        mine = detections[detections[:, 0] == index][:, 1:]
+        assert len(mine) == len(theirs) > 20
+        # Same detections, same order, except where two scores are within float rounding (a
+        # tie: which box NMS keeps, or which makes the cut, may differ) or at the cut itself.
+        cutoff = theirs[-1, 1] if len(theirs) == params.max_per_image else -1.0
+        compared = 0
+        for these, others in ((theirs, mine), (mine, theirs)):
+            for row in these:
+                close = np.abs(these[:, 1] - row[1]) < 1e-5
+                if row[1] <= cutoff + 1e-5 or close.sum() > 1:
+                    continue
+                twin = others[np.abs(others[:, 1] - row[1]) < 1e-5]
+                assert len(twin) == 1 and twin[0, 0] == row[0], (row, twin)
+                np.testing.assert_allclose(twin[0, 2:], row[2:], atol=1e-3)
+                compared += 1
+        assert compared > len(theirs)  # most of both sides were compared
+        np.testing.assert_array_equal(mine[:, 1], np.sort(mine[:, 1])[::-1])  # sorted by score
