@@ -1,4 +1,5 @@
-"""`compress --preset int8` on mmdet's stock configs (random weights, few iterations, slow)."""
+"""`compress --preset int8` and `export` on mmdet's stock configs (random weights, few
+iterations, slow)."""
 
 from __future__ import annotations
 
@@ -55,13 +56,18 @@ custom_hooks = []
 """
 
 
-@pytest.mark.parametrize("base", sorted(STOCK))
-def test_int8_compress_on_stock_config(base: str, tiny_workspace: Path, tmp_path: Path) -> None:
+def _write_config(base: str, workspace: Path, tmp_path: Path) -> Path:
     config = tmp_path / (Path(base).stem + ".py")
     size, model_extra = STOCK[base]
     config.write_text(
-        TEMPLATE.format(base=base, data=tiny_workspace / "data", size=size, model_extra=model_extra)
+        TEMPLATE.format(base=base, data=workspace / "data", size=size, model_extra=model_extra)
     )
+    return config
+
+
+@pytest.mark.parametrize("base", sorted(STOCK))
+def test_int8_compress_on_stock_config(base: str, tiny_workspace: Path, tmp_path: Path) -> None:
+    config = _write_config(base, tiny_workspace, tmp_path)
     out = tmp_path / "r.json"
     result = CliRunner().invoke(
         app,
@@ -78,3 +84,38 @@ def test_int8_compress_on_stock_config(base: str, tiny_workspace: Path, tmp_path
     ckpt = torch.load(data["checkpoint"], map_location="cpu", weights_only=True)
     assert ckpt["meta"]["detcompress"]["compressed"] is True
     assert ckpt["meta"]["iter"] == 2
+    exported = _export(Path(data["checkpoint"]), tmp_path / "int8_export")
+    assert exported["precision"] == "int8"
+    assert exported["verification"]["openvino"]["int8_convolutions"] > 0
+    assert exported["verification"]["onnx"]["quantize_linear_ops"] > 0
+
+
+@pytest.mark.parametrize("base", sorted(STOCK))
+def test_fp32_export_of_stock_config(base: str, tiny_workspace: Path, tmp_path: Path) -> None:
+    config = _write_config(base, tiny_workspace, tmp_path)
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app,
+        ["compress", str(config), "--max-iters", "1", "--work-dir", str(tmp_path / "w"),
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    exported = _export(Path(json.loads(out.read_text())["checkpoint"]), tmp_path / "fp32_export")
+    assert exported["precision"] == "fp32"
+    assert exported["verification"]["openvino"]["int8_convolutions"] == 0
+
+
+def _export(checkpoint: Path, out: Path) -> dict:
+    """Both formats with the stock config's postprocessing inside, verified on 2 images."""
+    report = out.parent / f"{out.name}.json"
+    result = CliRunner().invoke(
+        app,
+        ["export", str(checkpoint), "--to", "all", "--out", str(out), "--verify-images", "2",
+         "--json", str(report)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    data: dict = json.loads(report.read_text())
+    assert data["postprocessing"] is True
+    assert all(check["passed"] for check in data["verification"].values())
+    assert (out / "model.xml").is_file() and (out / "model.onnx").is_file()
+    return data

@@ -41,7 +41,11 @@ INT8_NOISE_FACTOR = 2.0
 # Detections inside the graph vs mmdet's predict mode: every detection scoring clearly above the
 # threshold (by this margin) must have a twin (same label, IoU >= MIN_IOU) on the other side.
 # int8 detections near the threshold come and go with the same rounding flips as above, so an int8
-# model may miss at most INT8_NOISE_FACTOR x the twins PyTorch itself misses under input noise.
+# model may miss at most INT8_NOISE_FACTOR x the twins PyTorch itself misses under input noise
+# (the worst of INT8_NOISE_DRAWS draws), and at least INT8_MIN_ALLOWED_MISSES of them: with a few
+# detections one flip is already a large share.
+INT8_NOISE_DRAWS = 3
+INT8_MIN_ALLOWED_MISSES = 0.05
 DETECTION_SCORE_MARGIN = 0.01
 MIN_IOU = {"fp32": 0.99, "int8": 0.8}
 
@@ -334,8 +338,14 @@ def _reference(
             return _Reference(raw=raw, noise_mean_abs_diff=_mean_abs_diff(raw, noisy))
     limit = nms_params(detector.bbox_head).max_per_image
     clean = _predict(detector, prep, images, limit)
-    noisy = _predict(detector, prep, noisy_images, limit)
-    agreement, _ = _agreement(clean, noisy, min_score, "int8", limit)
+    agreement = 1.0
+    for draw in range(INT8_NOISE_DRAWS):
+        if draw:
+            noisy_images = (
+                images + torch.randn(images.shape, generator=generator) * INT8_NOISE_LEVEL
+            )
+        noisy = _predict(detector, prep, noisy_images, limit)
+        agreement = min(agreement, _agreement(clean, noisy, min_score, "int8", limit)[0])
     return _Reference(detections=clean, noise_agreement=agreement, limit=limit)
 
 
@@ -539,7 +549,8 @@ def _compare_detections(
     required = 1.0
     basis = ""
     if precision == "int8":
-        required = 1.0 - INT8_NOISE_FACTOR * (1.0 - reference.noise_agreement)
+        misses = max(INT8_NOISE_FACTOR * (1.0 - reference.noise_agreement), INT8_MIN_ALLOWED_MISSES)
+        required = 1.0 - misses
         basis = (
             f": PyTorch's own agreement under {INT8_NOISE_LEVEL:g} gray levels of input noise is "
             f"{reference.noise_agreement:.1%}"
