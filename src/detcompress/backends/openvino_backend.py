@@ -3,6 +3,7 @@ metadata in rt_info, compiled inference and the precision each layer really runs
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -31,6 +32,13 @@ def convert(
     for output, name in zip(model.outputs, output_names, strict=True):
         output.get_tensor().set_names({name})
     return model
+
+
+@functools.cache
+def core() -> ov.Core:
+    """One OpenVINO Core per process: each Core starts its own plugin and thread pools (several of
+    them next to onnxruntime's crashed the process)."""
+    return ov.Core()
 
 
 def _i64(value: Any) -> Any:
@@ -101,7 +109,7 @@ def save(model: ov.Model, xml: Path, metadata: dict[str, Any], fp16_weights: boo
 
 
 def read_metadata(xml: Path) -> dict[str, Any] | None:
-    model = ov.Core().read_model(str(xml))
+    model = core().read_model(str(xml))
     if not model.has_rt_info(RT_INFO_KEY):
         return None
     result: dict[str, Any] = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
@@ -110,9 +118,14 @@ def read_metadata(xml: Path) -> dict[str, Any] | None:
 
 def compile_model(xml: Path, device: str = "CPU", f32: bool = False) -> Any:
     """Compiled model; `f32` forces true fp32 (an FP32 IR otherwise runs in bf16 on AMX CPUs)."""
-    core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
-    return core.compile_model(str(xml), device, config)
+    return core().compile_model(str(xml), device, config)
+
+
+def inference_precision(compiled: Any) -> str:
+    """The floating-point precision a compiled model runs its non-int8 layers in (bf16 on CPUs
+    with AMX or avx512-bf16 unless f32 was forced, else f32)."""
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
 
 def infer(compiled: Any, image: np.ndarray) -> list[np.ndarray]:
@@ -140,5 +153,5 @@ def int8_convolutions(compiled: Any) -> tuple[int, int]:
 
 
 def fake_quantize_count(xml: Path) -> int:
-    model = ov.Core().read_model(str(xml))
+    model = core().read_model(str(xml))
     return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")

@@ -7,13 +7,49 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors
-from detcompress.errors import NotAvailableError
+from detcompress.commands._common import user_errors, write_json
 
 
 @user_errors
 def evaluate(
-    target: Annotated[Path, typer.Argument(help=".pth checkpoint, .xml IR or .onnx model.")],
+    target: Annotated[
+        Path, typer.Argument(help="Checkpoint (.pth), OpenVINO IR (.xml) or ONNX (.onnx).")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="mmdet config (default: the one stored in the checkpoint or model)."),
+    ] = None,
+    cfg_options: Annotated[
+        list[str] | None, typer.Option(help="Overrides key=value, e.g. the dataset paths.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="CPU, GPU or AUTO.")] = "CPU",
+    precision: Annotated[
+        str, typer.Option(help="auto (the runtime's default) or f32 (true fp32 for an FP32 IR).")
+    ] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Test dataloader batch size.")] = None,
+    show_dir: Annotated[
+        Path | None, typer.Option(help="Write images with drawn detections here.")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the metrics as a flat JSON object.")
+    ] = None,
 ) -> None:
-    """Evaluate a model with the config's metric (not available yet)."""
-    raise NotAvailableError("'detcompress eval' is not available yet in this version")
+    """Evaluate with the config's test dataloader and metric through mmengine's test loop; the
+    same preprocessing and metric code for PyTorch, OpenVINO and ONNX Runtime."""
+    from detcompress.evaluation import evaluate
+
+    result = evaluate(
+        target,
+        config=config,
+        cfg_options=cfg_options,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        show_dir=show_dir,
+        trust_checkpoint=trust_checkpoint,
+    )
+    typer.echo(result.table())
+    write_json(json_path, result.to_json())

@@ -1,0 +1,263 @@
+"""One evaluation for PyTorch checkpoints, OpenVINO IR and ONNX models: mmengine's test loop
+with the config's test dataloader and evaluator, so every number is comparable."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmengine.hooks import Hook
+
+from detcompress.errors import CheckpointError, ConfigError, DetcompressError
+
+KINDS = {".pth": "pytorch", ".xml": "openvino", ".onnx": "onnx"}
+DEVICES = ("CPU", "GPU", "AUTO")
+PRECISIONS = ("auto", "f32")
+TABLE_KEYS = (
+    ("bbox_mAP", "mAP"),
+    ("bbox_mAP_50", "mAP50"),
+    ("bbox_mAP_75", "mAP75"),
+    ("bbox_mAP_s", "small"),
+    ("bbox_mAP_m", "medium"),
+    ("bbox_mAP_l", "large"),
+)
+
+
+@dataclass
+class EvalResult:
+    model: str
+    backend: str
+    precision: str
+    dataset: str
+    num_images: int
+    images_per_second: float
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
+            "dataset": self.dataset,
+            "num_images": self.num_images,
+            "images_per_second": round(self.images_per_second, 3),
+            **self.metrics,
+        }
+
+    def table(self) -> str:
+        header = ["model", "backend", "precision", *(label for _, label in TABLE_KEYS), "images/s"]
+        row = [self.model, self.backend, self.precision]
+        row += [f"{self.metrics[key]:.3f}" if key in self.metrics else "-" for key, _ in TABLE_KEYS]
+        row.append(f"{self.images_per_second:.1f}")
+        widths = [max(len(h), len(r)) for h, r in zip(header, row, strict=True)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+        lines.append("  ".join(r.ljust(w) for r, w in zip(row, widths, strict=True)))
+        return "\n".join(lines)
+
+
+def kind_of(target: Path) -> str:
+    kind = KINDS.get(target.suffix.lower())
+    if kind is None:
+        raise DetcompressError(
+            f"{target}: unknown model file type '{target.suffix}'; valid: "
+            ".pth (checkpoint), .xml (OpenVINO IR), .onnx"
+        )
+    if not target.is_file():
+        raise CheckpointError(f"{target}: no such file")
+    if kind == "openvino" and not target.with_suffix(".bin").is_file():
+        raise CheckpointError(
+            f"{target}: its weights file {target.with_suffix('.bin').name} is missing beside it"
+        )
+    return kind
+
+
+def evaluate(
+    target: Path,
+    config: Path | None = None,
+    cfg_options: list[str] | None = None,
+    device: str = "CPU",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    show_dir: Path | None = None,
+    trust_checkpoint: bool = False,
+) -> EvalResult:
+    kind = kind_of(target)
+    if device not in DEVICES:
+        raise DetcompressError(f"--device is '{device}'; valid: {', '.join(DEVICES)}")
+    if precision not in PRECISIONS:
+        raise DetcompressError(f"--precision is '{precision}'; valid: {', '.join(PRECISIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise DetcompressError(f"--batch-size is {batch_size}; it must be at least 1")
+
+    if kind == "pytorch":
+        from detcompress import detector
+
+        detector.select_device({"CPU": "cpu", "GPU": "cuda", "AUTO": "auto"}[device])
+        from detcompress.loading import load_detector
+
+        loaded = load_detector(target, config, trust_checkpoint)
+        cfg, model = loaded.cfg, loaded.model
+        _apply_options(cfg, cfg_options, target)
+        model_precision = "int8 (fake-quantized)" if loaded.compressed else "fp32"
+        backend = "pytorch"
+    else:
+        cfg, metadata = _exported_config(target, kind, config)
+        _apply_options(cfg, cfg_options, target)
+        _check_classes(cfg, metadata, target)
+        model, backend, runs_in = _exported_model(target, cfg, metadata, device, precision)
+        # What the model really runs in: an FP32 IR runs in bf16 on CPUs with AMX.
+        model_precision = "int8" if metadata["precision"] == "int8" else runs_in
+
+    from detcompress.config import check_data_paths
+
+    check_data_paths(cfg, target, ("test",))
+    if batch_size is not None:
+        cfg.test_dataloader.batch_size = batch_size
+    metrics, seconds, images = _run_test_loop(cfg, model, show_dir)
+    dataset = cfg.test_dataloader.dataset
+    return EvalResult(
+        model=str(target),
+        backend=backend,
+        precision=model_precision,
+        dataset=str(Path(dataset.get("data_root", "")) / dataset.get("ann_file", "")),
+        num_images=images,
+        images_per_second=images / seconds if seconds > 0 else 0.0,
+        metrics={k.split("/", 1)[-1]: float(v) for k, v in metrics.items()},
+    )
+
+
+def _apply_options(cfg: Any, cfg_options: list[str] | None, source: Path) -> None:
+    from detcompress.config import _apply_cfg_overrides, parse_cfg_options
+
+    _apply_cfg_overrides(cfg, parse_cfg_options(cfg_options or []), source)
+
+
+def _exported_config(target: Path, kind: str, config: Path | None) -> tuple[Any, dict[str, Any]]:
+    from mmengine.config import Config
+
+    from detcompress.config import load_mmdet_config
+
+    if kind == "openvino":
+        from detcompress.backends import openvino_backend
+
+        metadata = openvino_backend.read_metadata(target)
+    else:
+        from detcompress.backends import onnx_backend
+
+        metadata = onnx_backend.read_metadata(target)
+    if metadata is None:
+        raise CheckpointError(
+            f"{target}: holds no detcompress metadata (not written by `detcompress export`); "
+            "export the checkpoint with detcompress to evaluate it"
+        )
+    cfg = (
+        load_mmdet_config(config)
+        if config is not None
+        else Config.fromstring(metadata["config_text"], file_format=".py")
+    )
+    return cfg, metadata
+
+
+def _dataset_classes(cfg: Any) -> list[str]:
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    dataset = cfg.test_dataloader.dataset
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    if not classes:
+        dataset_cls = DATASETS.get(dataset.get("type", ""))
+        classes = getattr(dataset_cls, "METAINFO", {}).get("classes", [])
+    return [str(c) for c in classes]
+
+
+def _check_classes(cfg: Any, metadata: dict[str, Any], target: Path) -> None:
+    mine, theirs = list(metadata.get("classes") or []), _dataset_classes(cfg)
+    if mine != theirs:
+        raise ConfigError(
+            f"{target}: the model's classes ({_short(mine)}) differ from the test dataset's "
+            f"({_short(theirs)}); pass the --config the model was trained with"
+        )
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") + f"; {len(names)} in all"
+
+
+def _exported_model(
+    target: Path, cfg: Any, metadata: dict[str, Any], device: str, precision: str
+) -> tuple[Any, str, str]:
+    from detcompress.backends.exported_model import ExportedDetector, runtime
+
+    head = None
+    if not metadata["postprocessing"]:
+        from mmdet.registry import MODELS
+
+        from detcompress.compat import apply_mmdet_workarounds
+
+        apply_mmdet_workarounds()
+        head = MODELS.build(cfg.model).bbox_head.eval()  # mmdet's own postprocessing
+    infer, backend, runs_in = runtime(target, device, f32=precision == "f32")
+    return ExportedDetector(infer, metadata, head), backend, runs_in
+
+
+def _run_test_loop(cfg: Any, model: Any, show_dir: Path | None) -> tuple[dict, float, int]:
+    """mmengine's test loop in a scratch work dir; (metrics, model seconds, images)."""
+    from mmengine.runner import Runner
+
+    work_dir = Path(tempfile.mkdtemp(prefix="detcompress_eval_"))
+    hooks = dict(cfg.get("default_hooks") or {})
+    hooks.pop("checkpoint", None)
+    if show_dir is not None:
+        hooks["visualization"] = dict(
+            type="DetVisualizationHook", draw=True, test_out_dir=str(show_dir.resolve())
+        )
+    timer = _Timer()
+    # mmengine keeps one visualizer per name for the process: a second evaluation would reuse
+    # the first one's (with its deleted work dir), so each gets its own.
+    visualizer = dict(cfg.get("visualizer") or dict(type="DetLocalVisualizer"))
+    visualizer["name"] = f"detcompress_eval_{work_dir.name}"
+    try:
+        runner = Runner(
+            model=model,
+            work_dir=str(work_dir),
+            test_dataloader=cfg.test_dataloader,
+            test_evaluator=cfg.test_evaluator,
+            test_cfg=cfg.get("test_cfg") or dict(type="TestLoop"),
+            default_hooks=hooks,
+            custom_hooks=[timer],
+            env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="gloo"))),
+            log_level="WARNING",
+            visualizer=visualizer,
+            default_scope=cfg.get("default_scope", "mmdet"),
+            cfg=cfg,
+        )
+        metrics = runner.test()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return dict(metrics or {}), timer.seconds, timer.images
+
+
+class _Timer(Hook):
+    """Times the model's test steps (inference and postprocessing, not data loading; called
+    first after each step, so not the drawing of --show-dir either)."""
+
+    priority = "HIGHEST"
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.images = 0
+        self._start = 0.0
+
+    def before_test_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        self._start = time.perf_counter()
+
+    def after_test_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.images += len(outputs or [])
