@@ -10,6 +10,7 @@ import typer
 
 from detcompress import __version__
 from detcompress.commands import bench, compress, eval, export, init, resume
+from detcompress.commands._common import CFG_OPTIONS_CONTEXT
 
 # mmengine imports pkg_resources, which setuptools deprecates loudly; not our users' concern.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -43,9 +44,9 @@ def _root(
 
 
 app.add_typer(init.app, name="init")
-app.command(context_settings=compress.CONTEXT)(compress.compress)
+app.command(context_settings=CFG_OPTIONS_CONTEXT)(compress.compress)
 app.command()(resume.resume)
-app.command(name="eval")(eval.evaluate)
+app.command(name="eval", context_settings=CFG_OPTIONS_CONTEXT)(eval.evaluate)
 app.command()(export.export)
 app.command()(bench.bench)
 

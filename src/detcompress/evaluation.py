@@ -117,6 +117,8 @@ def evaluate(
     check_data_paths(cfg, target, ("test",))
     if batch_size is not None:
         cfg.test_dataloader.batch_size = batch_size
+    if not cfg.test_dataloader.get("num_workers"):  # torch refuses persistent workers then
+        cfg.test_dataloader.persistent_workers = False
     metrics, seconds, images = _run_test_loop(cfg, model, show_dir)
     dataset = cfg.test_dataloader.dataset
     return EvalResult(

@@ -14,6 +14,9 @@ from rich.console import Console
 
 from detcompress.errors import DetcompressError
 
+# mmdet style `--cfg-options a=1 b=2`: the tokens after the first value arrive as extra args.
+CFG_OPTIONS_CONTEXT: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": False}
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -46,3 +49,13 @@ def write_json(path: Path | None, data: dict[str, Any]) -> None:
 
 def is_quiet(quiet: bool) -> bool:
     return quiet or not sys.stderr.isatty()
+
+
+def all_cfg_options(cfg_options: list[str] | None, extra: list[str]) -> list[str]:
+    """--cfg-options' first value plus the extra tokens after it, which must be key=value."""
+    for token in extra:
+        if cfg_options is None or "=" not in token:
+            raise DetcompressError(
+                f"unexpected argument '{token}'; overrides go after --cfg-options as key=value"
+            )
+    return list(cfg_options or []) + list(extra)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors, write_json
+from detcompress.commands._common import all_cfg_options, user_errors, write_json
 from detcompress.errors import DetcompressError
-
-# mmdet style `--cfg-options a=1 b=2`: the tokens after the first value arrive as extra args.
-CONTEXT: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
 @user_errors
@@ -56,7 +53,7 @@ def compress(
 
     if max_iters is not None and max_epochs is not None:
         raise DetcompressError("give --max-iters or --max-epochs, not both")
-    options = list(cfg_options or []) + _extra_cfg_options(ctx.args, cfg_options)
+    options = all_cfg_options(cfg_options, ctx.args)
     plan = api.plan_compress(
         config,
         preset=preset,
@@ -74,13 +71,3 @@ def compress(
     result = api.compress(plan, trust_checkpoint=trust_checkpoint, force=force, device=device)
     typer.echo(result.summary())
     write_json(json_path, result.to_json())
-
-
-def _extra_cfg_options(extra: list[str], cfg_options: list[str] | None) -> list[str]:
-    """Extra tokens are accepted only as further key=value pairs of --cfg-options."""
-    for token in extra:
-        if cfg_options is None or "=" not in token:
-            raise DetcompressError(
-                f"unexpected argument '{token}'; overrides go after --cfg-options as key=value"
-            )
-    return list(extra)

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors, write_json
+from detcompress.commands._common import all_cfg_options, user_errors, write_json
 
 
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     target: Annotated[
         Path, typer.Argument(help="Checkpoint (.pth), OpenVINO IR (.xml) or ONNX (.onnx).")
     ],
@@ -44,7 +45,7 @@ def evaluate(
     result = evaluate(
         target,
         config=config,
-        cfg_options=cfg_options,
+        cfg_options=all_cfg_options(cfg_options, ctx.args),
         device=device,
         precision=precision,
         batch_size=batch_size,
