@@ -9,6 +9,12 @@ import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
+# Few calibration batches keep the tiny runs fast; the presets' own values are tested elsewhere.
+FAST_INIT = [
+    "nncf_config.compression.initializer.range.num_init_steps=2",
+    "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
+]
+
 # Small enough for a few CPU iterations in seconds, big enough for every class to appear.
 TINY_SPEC_KW = dict(image_size=96, train_images=24, val_images=8, max_object_size=40)
 

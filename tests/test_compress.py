@@ -12,16 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import FAST_INIT
 from detcompress.cli import app
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
-
-# Few calibration batches keep the tiny runs fast; the preset's own values are tested elsewhere.
-FAST_INIT = [
-    "nncf_config.compression.initializer.range.num_init_steps=2",
-    "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
-]
 
 
 def _compress(config: Path, work_dir: Path, *extra: str) -> tuple[Any, dict]:

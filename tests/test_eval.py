@@ -10,14 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from conftest import FAST_INIT
 from detcompress.cli import app
 
 runner = CliRunner()
-
-FAST_INIT = [
-    "nncf_config.compression.initializer.range.num_init_steps=2",
-    "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
-]
 
 
 def _invoke(*args: Any) -> Any:

@@ -221,15 +221,10 @@ class DeployableDetector(nn.Module):
     """image [N, 3, H, W] (BGR, 0..255) -> the head's outputs, flattened, or with
     `decode_boxes` (boxes [N, M, 4] in input pixels, scores [N, C, M]) for an NMS operation."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self, detector: nn.Module, prep: Preprocessing, decode_boxes: bool) -> None:
         super().__init__()
         self.detector = detector
-        self.flip = prep.bgr_to_rgb
-        self.register_buffer("mean", torch.tensor(prep.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(prep.std).view(1, -1, 1, 1), persistent=False)
+        self.prep = prep
         head: Any = detector.bbox_head
         example = torch.zeros(1, 3, prep.height, prep.width)
         with torch.no_grad():
@@ -260,9 +255,7 @@ class DeployableDetector(nn.Module):
         ]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = image.flip(1) if self.flip else image
-        x = (x - self.mean) / self.std
-        outs = self.detector(x, mode="tensor")
+        outs = self.detector(normalize(self.prep, image), mode="tensor")
         if self.decoder is not None:
             return tuple(self.decoder(outs))
         return tuple(t for group in outs for t in group)
@@ -278,6 +271,15 @@ def _is_plain_anchor_head(head: Any) -> bool:
         and type(head)._predict_by_feat_single is BaseDenseHead._predict_by_feat_single
         and type(head).predict_by_feat is BaseDenseHead.predict_by_feat
     )
+
+
+def normalize(prep: Preprocessing, images: torch.Tensor) -> torch.Tensor:
+    """What the detector itself sees: the data preprocessor's channel flip and mean/std (traced
+    into the exported graph as constants)."""
+    x = images.flip(1) if prep.bgr_to_rgb else images
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 def pad_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.Tensor:

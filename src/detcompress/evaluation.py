@@ -164,21 +164,10 @@ def _exported_config(target: Path, kind: str, config: Path | None) -> tuple[Any,
     return cfg, metadata
 
 
-def _dataset_classes(cfg: Any) -> list[str]:
-    from mmdet.registry import DATASETS
-    from mmdet.utils import register_all_modules
-
-    register_all_modules(init_default_scope=True)
-    dataset = cfg.test_dataloader.dataset
-    classes = (dataset.get("metainfo") or {}).get("classes")
-    if not classes:
-        dataset_cls = DATASETS.get(dataset.get("type", ""))
-        classes = getattr(dataset_cls, "METAINFO", {}).get("classes", [])
-    return [str(c) for c in classes]
-
-
 def _check_classes(cfg: Any, metadata: dict[str, Any], target: Path) -> None:
-    mine, theirs = list(metadata.get("classes") or []), _dataset_classes(cfg)
+    from detcompress.loading import dataset_classes
+
+    mine, theirs = list(metadata.get("classes") or []), dataset_classes(cfg)
     if mine != theirs:
         raise ConfigError(
             f"{target}: the model's classes ({_short(mine)}) differ from the test dataset's "

@@ -17,6 +17,7 @@ from detcompress.deploy_graph import (
     NMSParams,
     Preprocessing,
     nms_params,
+    normalize,
     pad_batch,
     preprocessing_of,
 )
@@ -132,7 +133,7 @@ def export(
     if loaded.compressed:
         from detcompress.compression import nncf_adapter
 
-        detector = nncf_adapter.strip_for_export(detector, _normalized(prep, example[:1]))
+        detector = nncf_adapter.strip_for_export(detector, normalize(prep, example[:1]))
     detector.eval()
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
     params = nms_params(detector.bbox_head) if postprocessing else None
@@ -181,14 +182,6 @@ def export(
 
 def _exactly(images: torch.Tensor, count: int) -> torch.Tensor:
     return images.repeat(-(-count // len(images)), 1, 1, 1)[:count]
-
-
-def _normalized(prep: Preprocessing, images: torch.Tensor) -> torch.Tensor:
-    """What the detector itself sees: the graph's preprocessing applied in torch."""
-    x = images.flip(1) if prep.bgr_to_rgb else images
-    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std).view(1, -1, 1, 1)
-    return (x - mean) / std
 
 
 def _verification_batch(loaded: LoadedDetector, prep: Preprocessing, count: int) -> torch.Tensor:
@@ -370,7 +363,7 @@ def _predict(
             )
             for _ in range(len(images))
         ]
-        results = detector(_normalized(prep, images), samples, mode="predict")
+        results = detector(normalize(prep, images), samples, mode="predict")
     detections: list[np.ndarray] = []
     for result in results:
         inst = result.pred_instances

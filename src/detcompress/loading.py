@@ -22,16 +22,21 @@ class LoadedDetector:
 
     @property
     def classes(self) -> list[str]:
-        dataset = self.cfg.get("test_dataloader", {}).get("dataset", {})
-        classes = (dataset.get("metainfo") or {}).get("classes") or self.cfg.get(
-            "metainfo", {}
-        ).get("classes")
-        if classes:
-            return [str(c) for c in classes]
-        from mmdet.registry import DATASETS
+        return dataset_classes(self.cfg)
 
+
+def dataset_classes(cfg: Any) -> list[str]:
+    """The classes of the config's test dataset: its metainfo, else its dataset type's."""
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    dataset = cfg.test_dataloader.dataset
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    if not classes:
         dataset_cls = DATASETS.get(dataset.get("type", ""))
-        return [str(c) for c in getattr(dataset_cls, "METAINFO", {}).get("classes", [])]
+        classes = getattr(dataset_cls, "METAINFO", {}).get("classes", [])
+    return [str(c) for c in classes]
 
 
 def sha256_of(path: Path) -> str:
