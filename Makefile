@@ -26,11 +26,10 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# The demo: a synthetic workspace (made once), then the FP32 baseline; prints its mAP.
+# The demo, end to end through the CLI: a synthetic workspace (made once), FP32 baseline, int8
+# QAT, export, eval and bench of all; writes $(DEMO_DIR)/report.md and report.png.
 demo: install
-	test -e $(DEMO_DIR)/configs/demo.py || $(VENV)/bin/detcompress init demo $(DEMO_DIR)
-	$(VENV)/bin/detcompress compress $(DEMO_DIR)/configs/demo.py \
-		--work-dir $(DEMO_DIR)/work_dirs/fp32 --force --json $(DEMO_DIR)/fp32.json
+	$(PY) -m detcompress.demo_pipeline $(DEMO_DIR)
 
 test: install
 	$(VENV)/bin/python -m pytest -q

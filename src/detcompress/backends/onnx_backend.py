@@ -160,6 +160,23 @@ def operation_counts(path: Path) -> Counter[str]:
     return Counter(node.op_type for node in model.graph.node)
 
 
+def input_shape(path: Path) -> list[int]:
+    """The model input's shape, -1 for a dynamic (named or unknown) dimension."""
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files holding the weights of an ONNX model saved with external data."""
+    model = onnx.load(str(path), load_external_data=False)
+    names = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            names |= {e.value for e in tensor.external_data if e.key == "location"}
+    return [path.parent / name for name in sorted(names)]
+
+
 def session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 

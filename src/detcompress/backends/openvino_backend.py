@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,55 @@ def compile_model(xml: Path, device: str = "CPU", f32: bool = False) -> Any:
     """Compiled model; `f32` forces true fp32 (an FP32 IR otherwise runs in bf16 on AMX CPUs)."""
     config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
     return core().compile_model(str(xml), device, config)
+
+
+def read_model(xml: Path) -> ov.Model:
+    return core().read_model(str(xml))
+
+
+def input_shape(model: ov.Model) -> list[int]:
+    """The model input's shape, -1 for a dynamic dimension."""
+    shape = model.inputs[0].get_partial_shape()
+    return [d.get_length() if d.is_static else -1 for d in shape]
+
+
+def with_batch(model: ov.Model, batch: int) -> ov.Model:
+    """`model` with a static batch (the NMS subgraph has dynamic outputs, so any batch works)."""
+    shape = input_shape(model)
+    if shape[0] != batch:
+        model.reshape({model.inputs[0].get_any_name(): [batch, *shape[1:]]})
+    return model
+
+
+def compile_for_speed(
+    model: ov.Model, device: str, hint: str, f32: bool, threads: int | None
+) -> Any:
+    """Compiled with OpenVINO's LATENCY or THROUGHPUT performance hint."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core().compile_model(model, device, config)
+
+
+def run_async(compiled: Any, image: np.ndarray, seconds: float) -> tuple[int, float, int]:
+    """(frames done, elapsed seconds, requests in flight): as many asynchronous requests as
+    the plugin finds optimal, refilled for `seconds` after one warm-up round."""
+    jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, jobs)
+    for _ in range(jobs):
+        queue.start_async({INPUT_NAME: image})
+    queue.wait_all()
+    calls = 0
+    start = time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:
+        queue.start_async({INPUT_NAME: image})  # blocks until a request is free
+        calls += 1
+    queue.wait_all()
+    elapsed = time.perf_counter() - start
+    return calls * int(image.shape[0]), elapsed, jobs
 
 
 def inference_precision(compiled: Any) -> str:

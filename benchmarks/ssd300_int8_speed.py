@@ -1,0 +1,191 @@
+"""int8 IR latency over FP32 IR latency for mmdet's stock SSD300 (VGG16, 300x300), batch 1,
+measured in one run: the FP32 IR in true f32 and at OpenVINO's default precision (bf16 on CPUs
+with AMX or avx512-bf16), against the int8 IR from post-training quantization.
+
+    .venv/bin/python benchmarks/ssd300_int8_speed.py [--seconds 10] [--threads 2] [--keep DIR]
+
+Goals (issue #7, on a 2-core CPU with AMX): int8 / f32 <= 0.25 and int8 / default <= 0.75.
+Weights: one FP32 training iteration on synthetic 300-px data (random init otherwise: no
+downloads), then PTQ (`compress --preset int8 --max-iters 0`). Latency does not depend on the
+weights' values for the network itself, so the IRs are exported without postprocessing: with
+random weights, NMS would run on thousands of meaningless boxes and time something no trained
+model does. Every step goes through the detcompress CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIG = """\
+_base_ = 'mmdet::ssd/ssd300_coco.py'
+data_root = '{data}/'
+metainfo = dict(classes={classes!r})
+model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=80))
+pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(300, 300), keep_ratio=False),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
+                 ann_file='annotations/train.json', data_prefix=dict(img='train/')))
+val_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
+                 ann_file='annotations/val.json', data_prefix=dict(img='val/'), test_mode=True))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
+test_evaluator = val_evaluator
+custom_hooks = []
+"""
+
+
+def detcompress(*args: str) -> None:
+    script = Path(sys.executable).with_name("detcompress")
+    launcher = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "from detcompress.cli import main; main()"]
+    )
+    command = [*launcher, *args]
+    print("$ detcompress " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def with_80_classes(data: Path) -> list[str]:
+    """The stock head has 80 classes (its size is part of the latency): give the synthetic
+    dataset 77 more, unused categories so that evaluation maps every label."""
+    names: list[str] = []
+    for split in ("train", "val"):
+        path = data / "annotations" / f"{split}.json"
+        coco = json.loads(path.read_text())
+        extra = [{"id": i, "name": f"unused_{i}"} for i in range(len(coco["categories"]) + 1, 81)]
+        coco["categories"] = coco["categories"][:3] + extra
+        path.write_text(json.dumps(coco))
+        names = [c["name"] for c in coco["categories"]]
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    args = parser.parse_args()
+    from detcompress.demo import DemoSpec, init_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / "ws" / "data").is_dir():
+            init_demo(
+                work / "ws", seed=0, spec=DemoSpec(image_size=300, train_images=16, val_images=4)
+            )
+        classes = with_80_classes(work / "ws" / "data")
+        config = work / "ssd300.py"
+        config.write_text(CONFIG.format(data=work / "ws" / "data", classes=tuple(classes)))
+        calibration = [
+            "nncf_config.compression.initializer.range.num_init_steps=8",
+            "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=0",
+        ]
+        detcompress(
+            "compress",
+            str(config),
+            "--max-iters",
+            "1",
+            "--work-dir",
+            str(work / "fp32"),
+            "--force",
+            "--json",
+            str(work / "fp32.json"),
+        )
+        fp32 = json.loads((work / "fp32.json").read_text())["checkpoint"]
+        detcompress(
+            "compress",
+            str(config),
+            "--preset",
+            "int8",
+            "--load-from",
+            fp32,
+            "--max-iters",
+            "0",
+            "--work-dir",
+            str(work / "int8"),
+            "--force",
+            "--json",
+            str(work / "int8.json"),
+            "--cfg-options",
+            *calibration,
+        )
+        int8 = json.loads((work / "int8.json").read_text())["checkpoint"]
+        for name, ckpt in (("fp32", fp32), ("int8", int8)):
+            detcompress(
+                "export",
+                ckpt,
+                "--to",
+                "openvino",
+                "--no-postprocessing",
+                "--out",
+                str(work / f"ir_{name}"),
+                "--force",
+                "--verify-images",
+                "2",
+            )
+        irs = [str(work / "ir_fp32" / "model.xml"), str(work / "ir_int8" / "model.xml")]
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        runs = {}
+        for precision in ("auto", "f32"):
+            out = work / f"bench_{precision}.json"
+            detcompress(
+                "bench",
+                *irs,
+                "--mode",
+                "latency",
+                "--precision",
+                precision,
+                "--seconds",
+                str(args.seconds),
+                *threads,
+                "--json",
+                str(out),
+            )
+            runs[precision] = json.loads(out.read_text())
+    machine = runs["auto"]["machine"]
+    default_fp32, int8_auto = runs["auto"]["results"]
+    f32_fp32, int8_f32 = runs["f32"]["results"]
+    int8_ms = (int8_auto["latency_ms"]["median"] + int8_f32["latency_ms"]["median"]) / 2
+    print(
+        f"\nmachine: {machine['cpu']}, {machine['usable_cores']} cores usable, "
+        f"features: {', '.join(machine['cpu_features']) or '-'}, OpenVINO {machine['openvino']}"
+    )
+    print(f"SSD300 IR, batch 1, median latency ({args.seconds:g} s per model):")
+    print(f"  FP32 IR, true f32:                 {f32_fp32['latency_ms']['median']:8.2f} ms")
+    print(
+        f"  FP32 IR, default precision ({default_fp32['precision']}): "
+        f"{default_fp32['latency_ms']['median']:8.2f} ms"
+    )
+    print(
+        f"  int8 IR ({int8_auto['int8_convolutions']}/{int8_auto['convolutions']} convs int8): "
+        f"{int8_ms:8.2f} ms"
+    )
+    print(f"int8 / f32:     {int8_ms / f32_fp32['latency_ms']['median']:.3f}  (goal <= 0.25)")
+    same = default_fp32["precision"] == "f32"
+    note = "; the default is f32 on this CPU: the f32 ratio again" if same else ""
+    print(
+        f"int8 / default: {int8_ms / default_fp32['latency_ms']['median']:.3f}  "
+        f"(goal <= 0.75{note})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""Latency and throughput of OpenVINO IR, ONNX and PyTorch models, side by side in one run.
+
+Latency: synchronous calls after a warm-up (median, p90, p99). Throughput: concurrent requests
+(OpenVINO's asynchronous requests with the THROUGHPUT hint; onnxruntime sessions run from one
+thread per core; PyTorch one stream, batch / mean call time). Every model gets the same input:
+a fixed random BGR image (seed 0) at the model's own input size."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detcompress.errors import CheckpointError, DetcompressError
+
+SUFFIX_BACKENDS = {".xml": "openvino", ".onnx": "onnxruntime", ".pth": "pytorch"}
+DEVICES = ("CPU", "GPU", "AUTO")
+MODES = ("latency", "throughput", "both")
+PRECISIONS = ("auto", "f32")
+MIN_CALLS = 5  # latency percentiles of fewer calls mean nothing, whatever --seconds says
+WARMUP_SECONDS_MAX = 2.0
+# CPU features that decide which precision an FP32 model really runs in, and how fast int8 is.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+@dataclass
+class Measurement:
+    model: str
+    backend: str
+    precision: str  # what the compute really runs in: int8, bf16, f32, fake-int8 (torch QAT)
+    batch: int
+    input_shape: list[int]
+    postprocessing: bool | None  # NMS inside the model (None: not known, e.g. a foreign file)
+    size_mb: float
+    latency_ms: dict[str, float] | None = None
+    latency_calls: int = 0
+    throughput_fps: float | None = None
+    throughput_streams: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    speedup: float | None = None  # first model's median latency / this one's
+    throughput_speedup: float | None = None  # this one's fps / first model's
+    metrics: dict[str, float] = field(default_factory=dict)  # from --eval-json
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch": self.batch,
+            "input_shape": self.input_shape,
+            "postprocessing": self.postprocessing,
+            "latency_ms": self.latency_ms,
+            "latency_calls": self.latency_calls,
+            "throughput_fps": _round(self.throughput_fps),
+            "throughput_streams": self.throughput_streams,
+            "size_mb": round(self.size_mb, 3),
+            "speedup": _round(self.speedup),
+            "throughput_speedup": _round(self.throughput_speedup),
+            **({"metrics": self.metrics} if self.metrics else {}),
+            **self.details,
+        }
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[Measurement]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def machine_info() -> dict[str, Any]:
+    import openvino as ov
+
+    from detcompress.backends import openvino_backend
+
+    flags: set[str] = set()
+    cpu_model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu_model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    core = openvino_backend.core()
+    return {
+        "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")) or cpu_model,
+        "cpu_model_name": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_features": [f for f in CPU_FEATURES if f in flags],
+        "openvino_cpu_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "openvino_devices": list(core.available_devices),
+        "openvino": ov.get_version(),
+        "python": platform.python_version(),
+    }
+
+
+def file_size_mb(path: Path) -> float:
+    """The bytes a model needs on disk: .xml + .bin; .onnx + its external data; the .pth."""
+    files = [path]
+    if path.suffix == ".xml":
+        files.append(path.with_suffix(".bin"))
+    elif path.suffix == ".onnx":
+        from detcompress.backends import onnx_backend
+
+        files += onnx_backend.external_data_files(path)
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+def check_inputs(
+    models: list[Path],
+    device: str,
+    mode: str,
+    precision: str,
+    seconds: float,
+    batch: int | None,
+    threads: int | None,
+) -> None:
+    """Every mistake in the arguments, before anything is loaded or measured."""
+    if not models:
+        raise DetcompressError("bench: give at least one model (.xml, .onnx or .pth)")
+    for path in models:
+        backend = SUFFIX_BACKENDS.get(path.suffix.lower())
+        if backend is None:
+            raise DetcompressError(
+                f"{path}: unknown model file type '{path.suffix}'; valid: .xml (OpenVINO IR), "
+                ".onnx, .pth (checkpoint)"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such file")
+        if backend == "openvino" and not path.with_suffix(".bin").is_file():
+            raise CheckpointError(
+                f"{path}: its weights file {path.with_suffix('.bin').name} is missing beside it"
+            )
+    if device not in DEVICES:
+        raise DetcompressError(f"--device {device}: not supported; valid: {', '.join(DEVICES)}")
+    if mode not in MODES:
+        raise DetcompressError(f"--mode {mode}: not supported; valid: {', '.join(MODES)}")
+    if precision not in PRECISIONS:
+        raise DetcompressError(
+            f"--precision {precision}: not supported; valid: {', '.join(PRECISIONS)}"
+        )
+    if not seconds > 0:
+        raise DetcompressError(f"--seconds {seconds}: must be more than 0 (seconds per mode)")
+    if batch is not None and batch < 1:
+        raise DetcompressError(f"--batch {batch}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise DetcompressError(f"--threads {threads}: must be at least 1")
+
+
+def _check_device_available(path: Path, backend: str, device: str) -> None:
+    if backend == "openvino":
+        from detcompress.backends import openvino_backend
+
+        available = list(openvino_backend.core().available_devices)
+        if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
+            raise DetcompressError(
+                f"{path}: OpenVINO device {device} is not available on this machine; "
+                f"available: {', '.join(available)}"
+            )
+    elif backend == "onnxruntime" and device == "GPU":
+        raise DetcompressError(
+            f"{path}: detcompress runs ONNX models with onnxruntime's CPU provider only; "
+            "use --device CPU, or bench the OpenVINO IR on GPU"
+        )
+    elif backend == "pytorch" and device == "GPU":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DetcompressError(f"{path}: --device GPU needs CUDA, which torch cannot see here")
+
+
+def _latency(call: Callable[[], Any], seconds: float) -> tuple[dict[str, float], int]:
+    warm_until = time.perf_counter() + min(WARMUP_SECONDS_MAX, seconds / 4)
+    call()  # the first call pays for lazy initialization
+    while time.perf_counter() < warm_until:
+        call()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < MIN_CALLS:
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    quantiles = np.percentile(np.array(times), [50, 90, 99])
+    return {
+        "median": round(float(quantiles[0]), 4),
+        "p90": round(float(quantiles[1]), 4),
+        "p99": round(float(quantiles[2]), 4),
+        "mean": round(statistics.fmean(times), 4),
+        "min": round(min(times), 4),
+    }, len(times)
+
+
+def _random_image(shape: list[int]) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 255, size=shape).astype(np.float32)
+
+
+def _input_shape(
+    metadata: dict[str, Any] | None, declared: list[int], batch: int | None, path: Path
+) -> list[int]:
+    """[N, 3, H, W] to run: N from --batch (else the model's; 1 if dynamic), H, W the model's."""
+    if metadata is not None:
+        declared = list(metadata["input"]["shape"])
+    if any(d < 0 for d in declared[1:]):
+        raise DetcompressError(
+            f"{path}: its input {declared} has a dynamic height or width; export it with a fixed "
+            "--input-shape"
+        )
+    model_batch = int(declared[0])
+    return [batch or (model_batch if model_batch > 0 else 1), *declared[1:]]
+
+
+def _openvino_model_for(path: Path, batch: int | None) -> tuple[Any, list[int], Any]:
+    """(ov.Model with the batch to run, its input shape, detcompress metadata or None)."""
+    from detcompress.backends import openvino_backend
+
+    metadata = openvino_backend.read_metadata(path)
+    model = openvino_backend.read_model(path)
+    shape = _input_shape(metadata, openvino_backend.input_shape(model), batch, path)
+    try:
+        model = openvino_backend.with_batch(model, shape[0])
+    except RuntimeError:  # shapes traced at the export's batch (postprocessing) do not reshape
+        raise DetcompressError(
+            f"{path}: its batch is fixed at {openvino_backend.input_shape(model)[0]}, not "
+            f"{shape[0]}; export with --batch {shape[0]} or --dynamic-batch"
+        ) from None
+    return model, shape, metadata
+
+
+def _onnx_shape_for(path: Path, batch: int | None) -> tuple[list[int], Any]:
+    from detcompress.backends import onnx_backend
+
+    metadata = onnx_backend.read_metadata(path)
+    declared = onnx_backend.input_shape(path)
+    shape = _input_shape(metadata, declared, batch, path)
+    if declared[0] > 0 and declared[0] != shape[0]:
+        raise DetcompressError(
+            f"{path}: its batch is fixed at {declared[0]}, not {shape[0]}; export with "
+            f"--batch {shape[0]} or --dynamic-batch"
+        )
+    return shape, metadata
+
+
+def _check_runnable(path: Path, backend: str, batch: int | None) -> None:
+    """Fail before the first measurement, not after minutes of measuring other models."""
+    if backend == "openvino":
+        _openvino_model_for(path, batch)
+    elif backend == "onnxruntime":
+        _onnx_shape_for(path, batch)
+
+
+def _bench_openvino(
+    path: Path,
+    device: str,
+    mode: str,
+    f32: bool,
+    seconds: float,
+    batch: int | None,
+    threads: int | None,
+) -> Measurement:
+    from detcompress.backends import openvino_backend
+
+    model, shape, metadata = _openvino_model_for(path, batch)
+    image = _random_image(shape)
+    result = Measurement(
+        model=str(path),
+        backend="openvino",
+        precision="",
+        batch=shape[0],
+        input_shape=shape,
+        postprocessing=None if metadata is None else bool(metadata.get("postprocessing")),
+        size_mb=file_size_mb(path),
+    )
+    if mode in ("latency", "both"):
+        compiled = openvino_backend.compile_for_speed(model, device, "LATENCY", f32, threads)
+        request = compiled.create_infer_request()
+        result.latency_ms, result.latency_calls = _latency(
+            lambda: request.infer({openvino_backend.INPUT_NAME: image}), seconds
+        )
+    if mode in ("throughput", "both"):
+        compiled = openvino_backend.compile_for_speed(model, device, "THROUGHPUT", f32, threads)
+        frames, elapsed, streams = openvino_backend.run_async(compiled, image, seconds)
+        result.throughput_fps = frames / elapsed
+        result.throughput_streams = streams
+    floating = openvino_backend.inference_precision(compiled)
+    int8, convolutions = openvino_backend.int8_convolutions(compiled)
+    result.precision = "int8" if int8 else floating
+    result.details = {
+        "float_precision": floating,
+        "int8_convolutions": int8,
+        "convolutions": convolutions,
+    }
+    return result
+
+
+def _bench_onnx(
+    path: Path, device: str, mode: str, seconds: float, batch: int | None, threads: int | None
+) -> Measurement:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detcompress.backends import onnx_backend
+
+    shape, metadata = _onnx_shape_for(path, batch)
+    image = _random_image(shape)
+    counts = onnx_backend.operation_counts(path)
+    int8 = counts.get("QuantizeLinear", 0) + counts.get("QLinearConv", 0)
+    result = Measurement(
+        model=str(path),
+        backend="onnxruntime",
+        precision="int8" if int8 else "f32",
+        batch=shape[0],
+        input_shape=shape,
+        postprocessing=None if metadata is None else bool(metadata.get("postprocessing")),
+        size_mb=file_size_mb(path),
+        details={"quantize_linear_nodes": counts.get("QuantizeLinear", 0)},
+    )
+    if mode in ("latency", "both"):
+        session = onnx_backend.session(path, threads=threads)
+        result.latency_ms, result.latency_calls = _latency(
+            lambda: onnx_backend.infer(session, image), seconds
+        )
+    if mode in ("throughput", "both"):
+        # One single-threaded run per core at a time: onnxruntime's Run is thread-safe and, with
+        # one intra-op thread, computes on the calling thread (the GIL is released).
+        streams = threads or len(os.sched_getaffinity(0))
+        session = onnx_backend.session(path, threads=1)
+        onnx_backend.infer(session, image)
+        end = time.perf_counter() + seconds
+
+        def worker() -> int:
+            calls = 0
+            while time.perf_counter() < end or calls == 0:
+                onnx_backend.infer(session, image)
+                calls += 1
+            return calls
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(streams) as pool:
+            calls = sum(pool.map(lambda _: worker(), range(streams)))
+        result.throughput_fps = calls * shape[0] / (time.perf_counter() - start)
+        result.throughput_streams = streams
+    return result
+
+
+def _bench_pytorch(
+    path: Path,
+    device: str,
+    mode: str,
+    seconds: float,
+    batch: int | None,
+    threads: int | None,
+    trust_checkpoint: bool,
+) -> Measurement:
+    import torch
+
+    from detcompress.deploy_graph import DeployableDetector, preprocessing_of
+    from detcompress.loading import load_detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_detector(path, trust_checkpoint=trust_checkpoint)
+    prep = preprocessing_of(loaded.cfg, None, str(path))
+    # The raw network, as an export without postprocessing holds it: mmdet's own NMS is
+    # Python-heavy and would make the comparison about the postprocessing.
+    graph = DeployableDetector(loaded.model, prep, decode_boxes=False).eval()
+    torch_device = "cuda" if device == "GPU" else "cpu"
+    graph.to(torch_device)
+    shape = [batch or 1, 3, prep.height, prep.width]
+    image = torch.from_numpy(_random_image(shape)).to(torch_device)
+
+    def call() -> None:
+        with torch.no_grad():
+            graph(image)
+        if torch_device == "cuda":
+            torch.cuda.synchronize()
+
+    result = Measurement(
+        model=str(path),
+        backend="pytorch",
+        precision="fake-int8" if loaded.compressed else "f32",
+        batch=shape[0],
+        input_shape=shape,
+        postprocessing=False,
+        size_mb=file_size_mb(path),
+    )
+    result.latency_ms, result.latency_calls = _latency(call, seconds)
+    if mode in ("throughput", "both"):
+        result.throughput_fps = shape[0] * 1e3 / result.latency_ms["mean"]
+        result.throughput_streams = 1
+    if mode == "throughput":
+        result.latency_ms, result.latency_calls = None, 0
+    return result
+
+
+def read_eval_jsons(paths: list[Path]) -> list[dict[str, Any]]:
+    """`detcompress eval --json` results, checked before anything is measured."""
+    import json
+
+    results = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DetcompressError(f"{path}: not a readable eval JSON ({exc})") from None
+        if not isinstance(data, dict) or "model" not in data or "bbox_mAP" not in data:
+            raise DetcompressError(
+                f"{path}: not an eval result; expected the JSON of 'detcompress eval --json' "
+                "(keys 'model' and 'bbox_mAP')"
+            )
+        results.append({**data, "_source": str(path)})
+    return results
+
+
+def attach_metrics(results: list[Measurement], evaluations: list[dict[str, Any]]) -> None:
+    """Each eval result goes to the benchmarked model it was computed for (same file)."""
+    by_path = {Path(r.model).resolve(): r for r in results}
+    for data in evaluations:
+        target = by_path.get(Path(data["model"]).resolve())
+        if target is None:
+            raise DetcompressError(
+                f"{data['_source']}: evaluates {data['model']}, which is not among the "
+                "benchmarked models"
+            )
+        target.metrics = {k: float(v) for k, v in data.items() if k.startswith("bbox_")}
+
+
+def bench(
+    models: list[Path],
+    device: str = "CPU",
+    batch: int | None = None,
+    mode: str = "both",
+    precision: str = "auto",
+    seconds: float = 10.0,
+    threads: int | None = None,
+    eval_jsons: list[Path] | None = None,
+    trust_checkpoint: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    check_inputs(models, device, mode, precision, seconds, batch, threads)
+    evaluations = read_eval_jsons(list(eval_jsons or []))
+    backends = [SUFFIX_BACKENDS[p.suffix.lower()] for p in models]
+    for path, backend in zip(models, backends, strict=True):
+        _check_device_available(path, backend, device)
+        _check_runnable(path, backend, batch)
+    results: list[Measurement] = []
+    for index, (path, backend) in enumerate(zip(models, backends, strict=True), 1):
+        if progress:
+            progress(f"[{index}/{len(models)}] {path} ({backend}, {mode}, {seconds:g} s per mode)")
+        if backend == "openvino":
+            measured = _bench_openvino(
+                path, device, mode, precision == "f32", seconds, batch, threads
+            )
+        elif backend == "onnxruntime":
+            measured = _bench_onnx(path, device, mode, seconds, batch, threads)
+        else:
+            measured = _bench_pytorch(path, device, mode, seconds, batch, threads, trust_checkpoint)
+        results.append(measured)
+    first = results[0]
+    for result in results:
+        if first.latency_ms and result.latency_ms:
+            result.speedup = first.latency_ms["median"] / result.latency_ms["median"]
+        if first.throughput_fps and result.throughput_fps:
+            result.throughput_speedup = result.throughput_fps / first.throughput_fps
+    attach_metrics(results, evaluations)
+    settings = {
+        "device": device,
+        "batch": batch,
+        "mode": mode,
+        "precision": precision,
+        "seconds": seconds,
+        "threads": threads,
+        "input": "one fixed random image (seed 0), BGR 0-255, at the model's input size",
+        "speedup": "latency of the first model / this model's (median); "
+        "throughput_speedup: this model's fps / the first's",
+    }
+    return BenchReport(machine_info(), settings, results)
