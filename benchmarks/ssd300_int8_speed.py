@@ -48,14 +48,14 @@ custom_hooks = []
 """
 
 
-def detcompress(*args: str) -> None:
+def detcompress(*args: str, cpus: str | None = None) -> None:
     script = Path(sys.executable).with_name("detcompress")
     launcher = (
         [str(script)]
         if script.is_file()
         else [sys.executable, "-c", "from detcompress.cli import main; main()"]
     )
-    command = [*launcher, *args]
+    command = [*(["taskset", "-c", cpus] if cpus else []), *launcher, *args]
     print("$ detcompress " + " ".join(args), flush=True)
     subprocess.run(command, check=True)
 
@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument(
+        "--cpus", help="run the measurements pinned to these CPUs (taskset list, e.g. 0,1)"
+    )
     args = parser.parse_args()
     from detcompress.demo import DemoSpec, init_demo
 
@@ -158,6 +161,7 @@ def main() -> None:
                 *threads,
                 "--json",
                 str(out),
+                cpus=args.cpus,
             )
             runs[precision] = json.loads(out.read_text())
     machine = runs["auto"]["machine"]
