@@ -28,71 +28,35 @@ RESULT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def models(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An FP32 checkpoint of the tiny workspace, its IR and ONNX, and an int8 IR from PTQ."""
-    out = tmp_path_factory.mktemp("bench_models")
-    config = tiny_workspace / "configs" / "demo.py"
+def demo_ws(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make demo's job on a copy of the tiny workspace: every step through the CLI (FP32
+    training, int8 QAT, export, eval and bench of all, report)."""
+    from detcompress.demo_pipeline import run_demo
+
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    shutil.copytree(tiny_workspace, ws, ignore=shutil.ignore_patterns("work_dirs"))
+    run_demo(ws, qat_iters=2, bench_seconds=0.2, fp32_iters=3, qat_options=tuple(FAST_INIT))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def models(demo_ws: Path) -> dict[str, Path]:
+    """The demo's FP32 checkpoint and IRs (static batch 1, NMS inside), plus the FP32 model
+    exported with a dynamic batch to both formats."""
+    fp32 = Path(json.loads((demo_ws / "results" / "train_fp32.json").read_text())["checkpoint"])
+    dynamic = demo_ws / "exports" / "fp32_dynamic"
     result = runner.invoke(
         app,
-        [
-            "compress",
-            str(config),
-            "--work-dir",
-            str(out / "fp32"),
-            "--max-iters",
-            "2",
-            "--json",
-            str(out / "fp32.json"),
-        ],
-    )
+        ["export", str(fp32), "--to", "all", "--dynamic-batch", "--out", str(dynamic),
+         "--verify-images", "2"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    fp32 = Path(json.loads((out / "fp32.json").read_text())["checkpoint"])
-    result = runner.invoke(
-        app,
-        [
-            "compress",
-            str(config),
-            "--preset",
-            "int8",
-            "--load-from",
-            str(fp32),
-            "--max-iters",
-            "0",
-            "--work-dir",
-            str(out / "ptq"),
-            "--json",
-            str(out / "ptq.json"),
-            "--cfg-options",
-            *FAST_INIT,
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    int8 = Path(json.loads((out / "ptq.json").read_text())["checkpoint"])
-    # FP32 with a dynamic batch (any --batch runs), int8 with the default static batch 1
-    for name, ckpt, to, batch in (
-        ("fp32", fp32, "all", "--dynamic-batch"),
-        ("int8", int8, "openvino", "--batch=1"),
-    ):
-        result = runner.invoke(
-            app,
-            [
-                "export",
-                str(ckpt),
-                "--to",
-                to,
-                "--out",
-                str(out / f"export_{name}"),
-                "--verify-images",
-                "2",
-                batch,
-            ],
-        )
-        assert result.exit_code == 0, result.output
     return {
         "pth": fp32,
-        "fp32_xml": out / "export_fp32" / "model.xml",
-        "fp32_onnx": out / "export_fp32" / "model.onnx",
-        "int8_xml": out / "export_int8" / "model.xml",
+        "fp32_xml": demo_ws / "exports" / "fp32" / "model.xml",
+        "int8_xml": demo_ws / "exports" / "int8" / "model.xml",
+        "dynamic_xml": dynamic / "model.xml",
+        "fp32_onnx": dynamic / "model.onnx",
     }
 
 
@@ -139,25 +103,17 @@ def test_json_schema_and_side_by_side_ratios(models: dict[str, Path], tmp_path: 
 
 def test_precision_f32_and_batch(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "b.json"
+    order = [models["dynamic_xml"], models["fp32_onnx"], models["pth"]]
     _bench(
-        [
-            str(models["fp32_xml"]),
-            "--precision",
-            "f32",
-            "--batch",
-            "2",
-            "--mode",
-            "latency",
-            "--seconds",
-            "0.2",
-            "--json",
-            str(out),
-        ]
-    )
-    (r,) = json.loads(out.read_text())["results"]
-    assert r["precision"] == "f32" and r["float_precision"] == "f32"
-    assert r["batch"] == 2 and r["input_shape"][0] == 2
-    assert r["throughput_fps"] is None and r["latency_ms"]["median"] > 0
+        [*map(str, order), "--precision", "f32", "--batch", "2", "--mode", "latency",
+         "--seconds", "0.2", "--json", str(out)]
+    )  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert results[0]["precision"] == "f32" and results[0]["float_precision"] == "f32"
+    assert [r["backend"] for r in results] == ["openvino", "onnxruntime", "pytorch"]
+    for r in results:
+        assert r["batch"] == 2 and r["input_shape"][0] == 2
+        assert r["throughput_fps"] is None and r["latency_ms"]["median"] > 0
 
 
 def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -> None:
@@ -175,12 +131,9 @@ def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -
         ]
     )
     assert bars.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    evals = []
-    for key in ("fp32_xml", "int8_xml"):
-        path = tmp_path / f"eval_{key}.json"
-        result = runner.invoke(app, ["eval", str(models[key]), "--json", str(path)])
-        assert result.exit_code == 0, result.output
-        evals += ["--eval-json", str(path)]
+    results = models["fp32_xml"].parents[2] / "results"
+    evals = ["--eval-json", str(results / "eval_fp32_ir.json")]
+    evals += ["--eval-json", str(results / "eval_int8_ir.json")]
     scatter, out = tmp_path / "scatter.png", tmp_path / "b.json"
     result = _bench(
         [
@@ -200,8 +153,8 @@ def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -
     assert scatter.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert scatter.read_bytes() != bars.read_bytes()
     data = json.loads(out.read_text())["results"]
-    for r, key in zip(data, ("fp32_xml", "int8_xml"), strict=True):
-        expected = json.loads((tmp_path / f"eval_{key}.json").read_text())["bbox_mAP"]
+    for r, key in zip(data, ("fp32_ir", "int8_ir"), strict=True):
+        expected = json.loads((results / f"eval_{key}.json").read_text())["bbox_mAP"]
         assert r["metrics"]["bbox_mAP"] == expected
     assert "bbox mAP" in result.output
 
@@ -245,25 +198,17 @@ def test_missing_ir_weights(models: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code != 0 and "model.bin is missing beside it" in result.output
 
 
-def test_demo_pipeline_end_to_end(tiny_workspace: Path, tmp_path: Path) -> None:
-    """make demo's job on the tiny workspace: every step through the CLI, then the report whose
-    numbers are the ones in the step JSONs."""
-    from detcompress.demo_pipeline import run_demo
-
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_workspace, ws, ignore=shutil.ignore_patterns("work_dirs"))
-    report = run_demo(
-        ws, qat_iters=2, bench_seconds=0.2, fp32_iters=3, qat_options=tuple(FAST_INIT)
-    )
-    text = report.read_text()
-    assert (ws / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bench = json.loads((ws / "results" / "bench.json").read_text())["results"]
+def test_demo_pipeline_end_to_end(demo_ws: Path) -> None:
+    """The report holds the numbers of the step JSONs, and the plot exists."""
+    text = (demo_ws / "report.md").read_text()
+    assert (demo_ws / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bench = json.loads((demo_ws / "results" / "bench.json").read_text())["results"]
     assert [r["backend"] for r in bench] == ["openvino", "openvino", "pytorch", "pytorch"]
-    assert bench[1]["precision"] == "int8"
+    assert [r["precision"] for r in bench][1:] == ["int8", "f32", "fake-int8"]
     for name in ("fp32_ir", "int8_ir", "fp32_pth", "int8_pth"):
-        evaluation = json.loads((ws / "results" / f"eval_{name}.json").read_text())
+        evaluation = json.loads((demo_ws / "results" / f"eval_{name}.json").read_text())
         assert f"{evaluation['bbox_mAP']:.3f}" in text
     assert f"{bench[1]['latency_ms']['median']:.2f}" in text
     assert f"{bench[1]['speedup']:.2f}x" in text
     assert "int8 IR" in text and "default precision" in text
-    assert text.count("| detcompress") == 0 and "`detcompress compress" in text
+    assert "`detcompress compress" in text and "`detcompress bench" in text
