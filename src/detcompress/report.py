@@ -112,15 +112,19 @@ def write_plot(report: BenchReport, path: Path) -> None:
     unit = "median latency (ms)" if use_latency else "throughput (frames/s)"
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if all("bbox_mAP" in r.metrics for r in results):
-        for label, value, r in zip(labels, values, results, strict=True):
+        for index, (label, value, r) in enumerate(zip(labels, values, results, strict=True)):
             ax.scatter(value, r.metrics["bbox_mAP"], s=60)
+            # alternate above/below: models of equal mAP would print over each other
+            offset = ((6, 6), (6, -14), (6, 18), (6, -26))[index % 4]
             ax.annotate(
                 label.replace("\n", ", "),
                 (value, r.metrics["bbox_mAP"]),
                 textcoords="offset points",
-                xytext=(6, 4),
+                xytext=offset,
                 fontsize=8,
             )
+        if min(values) > 0 and max(values) / min(values) > 5:
+            ax.set_xscale("log")
         ax.set_xlabel(unit)
         ax.set_ylabel("bbox mAP@[.5:.95]")
         ax.set_title(f"accuracy vs speed, batch {results[0].batch}")
