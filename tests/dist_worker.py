@@ -1,9 +1,12 @@
 """One process of a distributed int8 `detcompress compress` run, started by torchrun from
 test_distributed.py: makes the library call that `detcompress compress ... --launcher pytorch`
 makes, then gathers a digest of every rank's final state (weights, quantizer parameters, BN
-statistics) to rank 0, which writes them as JSON for the test to compare.
+statistics) to rank 0, which writes them as JSON for the test to compare, with the run's result
+and (OUT.pt) its model's outputs on a fixed input; then resumes RESUME_CKPT (written by one
+process) to ITERS iterations through `detcompress resume ... --launcher pytorch`.
 
-    torchrun --nproc_per_node 2 tests/dist_worker.py OUT.json CONFIG WORK_DIR ITERS [cfg-options]
+    torchrun --nproc_per_node 2 tests/dist_worker.py OUT.json CONFIG WORK_DIR ITERS \
+        RESUME_CKPT RESUME_WORK_DIR [cfg-options]
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ def digest(state: dict[str, torch.Tensor]) -> dict[str, str]:
 
 
 def main() -> None:
-    out, config, work_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    out, config, work_dir, iters, resume_from, resume_dir, *options = sys.argv[1:]
     from detcompress import api
+    from detcompress.cli import app
 
     # What `detcompress compress CONFIG --preset int8 ... --launcher pytorch` calls.
     plan = api.plan_compress(
-        config, preset="int8", cfg_options=sys.argv[5:], work_dir=work_dir,
-        max_iters=int(sys.argv[4]),
+        Path(config), preset="int8", cfg_options=options, work_dir=Path(work_dir),
+        max_iters=int(iters),
     )  # fmt: skip
     result = api.compress(plan, launcher="pytorch")
     from detcompress.compression.nncf_adapter import quantizer_modules
@@ -51,7 +55,21 @@ def main() -> None:
     }
     gathered = all_gather_object(mine)
     if get_rank() == 0:
-        out.write_text(json.dumps({"ranks": gathered, "checkpoint": str(result.checkpoint)}))
+        # Rank 0's outputs on a fixed input, for the single-process reload to match.
+        model.eval()
+        with torch.no_grad():
+            outputs = model(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)))
+        report = {"ranks": gathered, "checkpoint": str(result.checkpoint), **result.to_json()}
+        Path(out).write_text(json.dumps(report))
+        torch.save([t for level in outputs for t in level], Path(out).with_suffix(".pt"))
+
+    # Then, in the same processes (one start-up less), the command line resumes a checkpoint
+    # that one process wrote.
+    app(
+        ["resume", resume_from, "--max-iters", str(int(iters)), "--work-dir", resume_dir,
+         "--launcher", "pytorch", "--json", str(Path(out).with_suffix(".resume.json"))],
+        standalone_mode=False,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
