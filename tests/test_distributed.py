@@ -172,3 +172,12 @@ def test_unknown_launcher_and_slurm_outside_slurm_are_one_clear_error(
         monkeypatch.delenv(key, raising=False)
     slurm = runner.invoke(app, ["compress", str(inline_config), "--launcher", "slurm"])
     assert slurm.exit_code == 2 and "srun --ntasks N detcompress compress" in slurm.output
+
+
+def test_torchrun_without_launcher_is_refused(
+    inline_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["compress", str(inline_config)])
+    assert result.exit_code == 2
+    assert "this process is one of 2" in result.output and "--launcher pytorch" in result.output

@@ -79,6 +79,13 @@ def check_launcher(launcher: str, command: str) -> None:
             f"--launcher is '{launcher}'{closest(launcher, LAUNCHERS)}; valid: "
             f"{', '.join(LAUNCHERS)}"
         )
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if launcher == "none" and world_size.isdigit() and int(world_size) > 1:
+        raise DetcompressError(
+            f"this process is one of {world_size} (WORLD_SIZE is set, as torchrun does) but "
+            "--launcher is none: every process would train alone into the same work dir; pass "
+            "--launcher pytorch"
+        )
     if launcher == "pytorch":
         missing = [key for key in _TORCHRUN_ENV if key not in os.environ]
         if missing:

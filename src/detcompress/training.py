@@ -189,6 +189,7 @@ def calibration_batches(cfg: Any, count: int) -> list[Any]:
     InfiniteSampler breaks NNCF's dataset iteration), collated as the Runner would; the same
     batches on every rank of a distributed run."""
     import copy
+    import functools
     import itertools
 
     from mmengine.runner import Runner
@@ -202,6 +203,12 @@ def calibration_batches(cfg: Any, count: int) -> list[Any]:
     sampler: Any = loader.sampler
     sampler.rank, sampler.world_size = 0, 1
     sampler.num_samples = sampler.total_size = len(sampler.dataset)
+    # mmengine also seeds each loader worker (random augmentations) with the rank: use rank 0's.
+    init_fn = loader.worker_init_fn
+    if isinstance(init_fn, functools.partial) and "rank" in init_fn.keywords:
+        loader.worker_init_fn = functools.partial(
+            init_fn.func, *init_fn.args, **{**init_fn.keywords, "rank": 0}
+        )
     batches: list[Any] = []
     while len(batches) < count:  # a small dataset: go round again
         more = list(itertools.islice(loader, count - len(batches)))
