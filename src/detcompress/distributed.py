@@ -7,17 +7,20 @@ initialized and does not set it up again (`Runner.setup_env` skips `init_dist` w
 the training data per rank with its samplers and writes checkpoints from rank 0 only.
 
 How every rank ends with the same compressed model: every rank calibrates on the same batches
-(the calibration loader reads the whole dataset on every rank, see
-`training.calibration_batches`), which gives every rank the same compression structure (the
-same quantizers in the same order, which DDP requires), and then every parameter and buffer is
-broadcast from rank 0 (`broadcast_state`). Calibrating alike alone is not enough: a GPU's
-kernels are not bit-deterministic and BN adaptation runs the data pipeline's random
-augmentations; the broadcast makes rank 0's values the values, exactly. During training DDP
-keeps the parameters (quantizer scales included: they are ordinary parameters) identical;
-batch-norm running statistics are updated from each rank's own batches, so
-`training.SyncNormStatsHook` averages them after every iteration (running statistics are exponential
-moving averages, linear in the batch statistics, so the average is what one process would
-have computed from the batch means).
+(the calibration loader reads the whole dataset, with rank 0's augmentation seeds, on every
+rank: see `training.calibration_batches`). That runs the same NNCF code on the same data
+everywhere, so every rank gets the same compression structure (the same quantizers in the same
+order, which DDP requires) without shipping it around, and the result does not depend on the
+number of processes. Then every parameter and buffer is broadcast from rank 0
+(`broadcast_state`): a GPU's kernels are not bit-deterministic, and the broadcast makes rank
+0's values the values, exactly (and loaded weights too). Calibrating on rank 0 alone would
+leave the other ranks idle just the same, and they would still need the structure.
+
+During training DDP keeps the parameters (quantizer scales included: they are ordinary
+parameters) identical; batch-norm running statistics are updated from each rank's own
+batches, so `training.SyncNormStatsHook` averages them after every iteration (running
+statistics are exponential moving averages, linear in the batch statistics, so the average is
+what one process would have computed from the per-rank batch means).
 """
 
 from __future__ import annotations
