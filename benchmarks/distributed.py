@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--preset", default="int8")
     parser.add_argument("--out", type=Path, help="keep work dirs and logs here (default: temp)")
     parser.add_argument("--threads", type=int, help="threads per process (default: cores / 2)")
+    parser.add_argument("--seed", type=int, help="randomness.seed of both runs (default: config's)")
     args = parser.parse_args()
 
     from mmengine.config import Config
@@ -77,12 +78,14 @@ def main() -> None:
             "compress", str(config), "--preset", args.preset, "--load-from", str(args.load_from),
             "--max-iters", str(args.iters), "--device", "cpu", "--force",
         ]  # fmt: skip
-        lr = f"optim_wrapper.optimizer.lr={args.lr}"
+        options = [f"optim_wrapper.optimizer.lr={args.lr}"]
+        if args.seed is not None:
+            options.append(f"randomness.seed={args.seed}")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         runs = {
             1: (
                 [sys.executable, "-m", "detcompress", *common, "--work-dir", str(out / "one"),
-                 "--json", str(out / "one.json"), "--cfg-options", lr],
+                 "--json", str(out / "one.json"), "--cfg-options", *options],
                 env,
                 batch,
             ),
@@ -91,7 +94,7 @@ def main() -> None:
                  "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                  "-m", "detcompress", *common, "--work-dir", str(out / "two"),
                  "--json", str(out / "two.json"), "--launcher", "pytorch",
-                 "--cfg-options", lr, f"train_dataloader.batch_size={batch // 2}"],
+                 "--cfg-options", *options, f"train_dataloader.batch_size={batch // 2}"],
                 env,
                 batch // 2,
             ),
@@ -106,7 +109,8 @@ def main() -> None:
 
     print()
     print(f"int8 QAT ({args.preset}), {args.iters} iterations from {args.load_from}, "
-          f"AdamW lr {args.lr}, {cores} CPU cores, {threads} thread(s) per process")  # fmt: skip
+          f"AdamW lr {args.lr}, seed {args.seed if args.seed is not None else 'of the config'}, "
+          f"{cores} CPU cores, {threads} thread(s) per process")  # fmt: skip
     header = f"{'processes':>9}  {'batch/proc':>10}  {'samples':>7}  {'train s':>8}  "
     print(header + f"{'wall s':>7}  {'bbox mAP':>8}")
     for procs, r in results.items():
