@@ -112,6 +112,15 @@ class CompressResult:
     train_seconds: float
     compressed: bool
     compression: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    # The trained model (unwrapped from DDP), for library callers; not part of the JSON.
+    model: Any = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process reports the run (rank 0 of a distributed run)."""
+        return self.rank == 0
 
     def summary(self) -> str:
         m = self.metrics
@@ -139,6 +148,7 @@ class CompressResult:
             "compressed": self.compressed,
             "iterations": self.iterations,
             "train_seconds": round(self.train_seconds, 3),
+            "world_size": self.world_size,
             "compression": self.compression,
             **self.metrics,
         }
@@ -168,12 +178,18 @@ def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def compress(
-    plan: CompressPlan, trust_checkpoint: bool = False, force: bool = False, device: str = "auto"
+    plan: CompressPlan,
+    trust_checkpoint: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    launcher: str = "none",
 ) -> CompressResult:
     """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
-    compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner."""
-    from detcompress import detector
+    compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner;
+    with a launcher other than 'none', as one of the processes of a distributed run."""
+    from detcompress import detector, distributed
 
+    distributed.check_launcher(launcher, "compress")
     target_device = detector.select_device(device)
     from detcompress.checkpoint import load_checkpoint
 
@@ -186,13 +202,15 @@ def compress(
     splits = ("val",) if plan.max_iters == 0 else ("train", "val")
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
-    _claim_work_dir(plan.work_dir, force)
+    dist = distributed.init(launcher, target_device, loaded.cfg)
+    distributed.run_on_main(dist, lambda: _claim_work_dir(plan.work_dir, force))
 
     from detcompress import training
 
     cfg = loaded.cfg
     training.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
     model = detector.build_detector(cfg)
+    model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
     source_meta = detector.detcompress_meta(source)
     report_lines: list[str] = []
     report: dict[str, Any] = {}
@@ -206,8 +224,14 @@ def compress(
         if not nncf_config.is_empty:
             model, init_report = _initialize_compression(cfg, model.to(target_device), nncf_config)
             report_lines, report = init_report.lines, init_report.data
-    for line in report_lines:
-        print(f"[detcompress] {line}", flush=True)
+    # Every rank starts from rank 0's weights and compression (see distributed.py).
+    distributed.broadcast_state(model, dist)
+    if dist.distributed:
+        batch_size = cfg.train_dataloader.get("batch_size", 1)
+        report_lines.insert(0, dist.describe(batch_size, cfg.get("auto_scale_lr")))
+    if dist.is_main:
+        for line in report_lines:
+            print(f"[detcompress] {line}", flush=True)
     detector.mark_initialized(model)
 
     meta = {
@@ -216,6 +240,7 @@ def compress(
         "nncf_compress_postprocessing": loaded.compress_postprocessing,
         "compression_summary": report,
     }
+    distributed.configure_runner(cfg, dist, target_device)  # after config_text: not stored
     post_training_only = plan.max_iters == 0
     result = training.run(
         cfg,
@@ -241,7 +266,14 @@ def compress(
         result.train_seconds,
         compressed=not nncf_config.is_empty,
         compression=report,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        model=_unwrapped(result.runner.model),
     )
+
+
+def _unwrapped(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
 
 
 def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
@@ -351,14 +383,17 @@ def resume(
     trust_checkpoint: bool = False,
     force: bool = False,
     device: str = "auto",
+    launcher: str = "none",
 ) -> CompressResult:
     """Continue a detcompress run from its checkpoint alone: config, data, model and
-    compression come from the checkpoint; iteration, optimizer and LR state too."""
+    compression come from the checkpoint; iteration, optimizer and LR state too. Any number of
+    processes can resume a run of any number of processes."""
     from mmengine.config import Config
 
-    from detcompress import detector, training
+    from detcompress import detector, distributed, training
 
-    detector.select_device(device)
+    distributed.check_launcher(launcher, "resume")
+    target_device = detector.select_device(device)
     from detcompress.checkpoint import load_checkpoint
     from detcompress.presets import build_nncf_config, read_preset_file, resolve_preset
 
@@ -385,16 +420,24 @@ def resume(
     training.share_parameters_safely(cfg)
     cfg.work_dir = str(work_dir or Path(cfg.work_dir))
     done = int(checkpoint.get("meta", {}).get("iter", 0))
-    _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
+    dist = distributed.init(launcher, target_device, cfg)
+    distributed.run_on_main(
+        dist, lambda: _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
+    )
     cfg.resume = True
     cfg.load_from = str(path)
 
     model = detector.build_detector(cfg)
+    model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
+    if dist.distributed and dist.is_main:
+        batch_size = cfg.train_dataloader.get("batch_size", 1)
+        print(f"[detcompress] {dist.describe(batch_size, cfg.get('auto_scale_lr'))}", flush=True)
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
         model = _rebuild_structure(model, meta)
     detector.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
+    distributed.configure_runner(cfg, dist, target_device)
     result = training.run(
         cfg, model, run_meta, _structure_fn(stored), trust_checkpoint=trust_checkpoint
     )
@@ -406,4 +449,7 @@ def resume(
         result.train_seconds,
         compressed=not stored.is_empty,
         compression=meta.get("compression_summary") or {},
+        rank=dist.rank,
+        world_size=dist.world_size,
+        model=_unwrapped(result.runner.model),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 _applied = False
@@ -41,3 +43,21 @@ def route_head_through_module(detector: Any) -> None:
         return self.bbox_head(self.extract_feat(batch_inputs))
 
     detector._forward = types.MethodType(_forward, detector)
+
+
+@contextlib.contextmanager
+def cuda_set_device_without_cuda() -> Iterator[None]:
+    """mmengine 0.10's `init_dist` calls `torch.cuda.set_device(local_rank)` whatever the
+    backend, which raises on a CPU-only torch build (and on a machine without GPUs): while
+    CUDA is not available, make that call a no-op, so that gloo runs on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.set_device
+    torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original

@@ -90,6 +90,35 @@ class MetricsRecorderHook(Hook):
         self.iteration = runner.iter
 
 
+def norm_buffers(model: Any) -> list[Any]:
+    """The floating-point buffers of the batch-norm layers (running mean and variance)."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return [
+        buffer
+        for module in model.modules()
+        if isinstance(module, _NormBase)
+        for buffer in module.buffers(recurse=False)
+        if buffer.is_floating_point()
+    ]
+
+
+class SyncNormStatsHook(Hook):
+    """Average the batch-norm running statistics over the ranks after every training
+    iteration, so that validation (sharded over the ranks) and the checkpoint (written by rank
+    0) see one model. One coalesced all-reduce of a few KB per iteration beside DDP's
+    gradients."""
+
+    priority = "NORMAL"  # before CheckpointHook (VERY_LOW) and before validation
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        from mmengine.dist import all_reduce_params
+
+        all_reduce_params(norm_buffers(runner.model), coalesce=True, op="mean")
+
+
 @dataclass
 class TrainResult:
     work_dir: Path
@@ -157,8 +186,10 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
 
 def calibration_batches(cfg: Any, count: int) -> list[Any]:
     """`count` batches from the train dataloader, drawn with a seeded DefaultSampler (mmengine's
-    InfiniteSampler breaks NNCF's dataset iteration), collated as the Runner would."""
+    InfiniteSampler breaks NNCF's dataset iteration), collated as the Runner would; the same
+    batches on every rank of a distributed run."""
     import copy
+    import functools
     import itertools
 
     from mmengine.runner import Runner
@@ -167,6 +198,17 @@ def calibration_batches(cfg: Any, count: int) -> list[Any]:
     loader_cfg["sampler"] = dict(type="DefaultSampler", shuffle=True)
     loader_cfg["persistent_workers"] = False
     loader = Runner.build_dataloader(loader_cfg, seed=0)
+    # Under DDP mmengine's sampler gives each rank its shard; calibration must see the same
+    # batches on every rank (and the same as one process would): the whole dataset.
+    sampler: Any = loader.sampler
+    sampler.rank, sampler.world_size = 0, 1
+    sampler.num_samples = sampler.total_size = len(sampler.dataset)
+    # mmengine also seeds each loader worker (random augmentations) with the rank: use rank 0's.
+    init_fn = loader.worker_init_fn
+    if isinstance(init_fn, functools.partial) and "rank" in init_fn.keywords:
+        loader.worker_init_fn = functools.partial(
+            init_fn.func, *init_fn.args, **{**init_fn.keywords, "rank": 0}
+        )
     batches: list[Any] = []
     while len(batches) < count:  # a small dataset: go round again
         more = list(itertools.islice(loader, count - len(batches)))
@@ -232,6 +274,8 @@ def run(
         SelfDescribingCheckpointHook({**meta, "versions": package_versions()}, structure)
     )
     runner.register_hook(recorder)
+    if runner.distributed:
+        runner.register_hook(SyncNormStatsHook())
     if evaluate_only:
         runner.val()
         return TrainResult(work_dir, None, recorder.metrics, 0, 0.0, runner=runner)

@@ -44,6 +44,10 @@ def compress(
         bool, typer.Option(help="Write into a work dir that already holds checkpoints.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    launcher: Annotated[
+        str,
+        typer.Option(help="none, pytorch (under torchrun) or slurm (under srun): data-parallel."),
+    ] = "none",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
     ] = None,
@@ -68,6 +72,9 @@ def compress(
     if dry_run:
         typer.echo(plan.describe())
         return
-    result = api.compress(plan, trust_checkpoint=trust_checkpoint, force=force, device=device)
-    typer.echo(result.summary())
-    write_json(json_path, result.to_json())
+    result = api.compress(
+        plan, trust_checkpoint=trust_checkpoint, force=force, device=device, launcher=launcher
+    )
+    if result.is_main:  # one report per run, not one per process
+        typer.echo(result.summary())
+        write_json(json_path, result.to_json())

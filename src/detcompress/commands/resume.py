@@ -35,6 +35,10 @@ def resume(
         typer.Option(help="Resume despite a differing nncf_config or later checkpoints."),
     ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    launcher: Annotated[
+        str,
+        typer.Option(help="none, pytorch (under torchrun) or slurm (under srun): data-parallel."),
+    ] = "none",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
     ] = None,
@@ -52,6 +56,8 @@ def resume(
         trust_checkpoint=trust_checkpoint,
         force=force,
         device=device,
+        launcher=launcher,
     )
-    typer.echo(result.summary())
-    write_json(json_path, result.to_json())
+    if result.is_main:  # one report per run, not one per process
+        typer.echo(result.summary())
+        write_json(json_path, result.to_json())
