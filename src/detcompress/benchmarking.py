@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from detcompress.errors import CheckpointError, DetcompressError
+from detcompress.errors import DetcompressError
+from detcompress.loading import model_kind
 
-SUFFIX_BACKENDS = {".xml": "openvino", ".onnx": "onnxruntime", ".pth": "pytorch"}
+BACKENDS = {"openvino": "openvino", "onnx": "onnxruntime", "pytorch": "pytorch"}  # by kind
 DEVICES = ("CPU", "GPU", "AUTO")
 MODES = ("latency", "throughput", "both")
 PRECISIONS = ("auto", "f32")
@@ -140,18 +141,7 @@ def check_inputs(
     if not models:
         raise DetcompressError("bench: give at least one model (.xml, .onnx or .pth)")
     for path in models:
-        backend = SUFFIX_BACKENDS.get(path.suffix.lower())
-        if backend is None:
-            raise DetcompressError(
-                f"{path}: unknown model file type '{path.suffix}'; valid: .xml (OpenVINO IR), "
-                ".onnx, .pth (checkpoint)"
-            )
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such file")
-        if backend == "openvino" and not path.with_suffix(".bin").is_file():
-            raise CheckpointError(
-                f"{path}: its weights file {path.with_suffix('.bin').name} is missing beside it"
-            )
+        model_kind(path)
     if device not in DEVICES:
         raise DetcompressError(f"--device {device}: not supported; valid: {', '.join(DEVICES)}")
     if mode not in MODES:
@@ -458,7 +448,7 @@ def bench(
 ) -> BenchReport:
     check_inputs(models, device, mode, precision, seconds, batch, threads)
     evaluations = read_eval_jsons(list(eval_jsons or []))
-    backends = [SUFFIX_BACKENDS[p.suffix.lower()] for p in models]
+    backends = [BACKENDS[model_kind(p)] for p in models]
     for path, backend in zip(models, backends, strict=True):
         _check_device_available(path, backend, device)
         _check_runnable(path, backend, batch)

@@ -13,8 +13,8 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from detcompress.errors import CheckpointError, ConfigError, DetcompressError
+from detcompress.loading import model_kind
 
-KINDS = {".pth": "pytorch", ".xml": "openvino", ".onnx": "onnx"}
 DEVICES = ("CPU", "GPU", "AUTO")
 PRECISIONS = ("auto", "f32")
 TABLE_KEYS = (
@@ -59,22 +59,6 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def kind_of(target: Path) -> str:
-    kind = KINDS.get(target.suffix.lower())
-    if kind is None:
-        raise DetcompressError(
-            f"{target}: unknown model file type '{target.suffix}'; valid: "
-            ".pth (checkpoint), .xml (OpenVINO IR), .onnx"
-        )
-    if not target.is_file():
-        raise CheckpointError(f"{target}: no such file")
-    if kind == "openvino" and not target.with_suffix(".bin").is_file():
-        raise CheckpointError(
-            f"{target}: its weights file {target.with_suffix('.bin').name} is missing beside it"
-        )
-    return kind
-
-
 def evaluate(
     target: Path,
     config: Path | None = None,
@@ -85,7 +69,7 @@ def evaluate(
     show_dir: Path | None = None,
     trust_checkpoint: bool = False,
 ) -> EvalResult:
-    kind = kind_of(target)
+    kind = model_kind(target)
     if device not in DEVICES:
         raise DetcompressError(f"--device is '{device}'; valid: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detcompress.errors import CheckpointError
+from detcompress.errors import CheckpointError, DetcompressError
 
 
 @dataclass
@@ -37,6 +37,27 @@ def dataset_classes(cfg: Any) -> list[str]:
         dataset_cls = DATASETS.get(dataset.get("type", ""))
         classes = getattr(dataset_cls, "METAINFO", {}).get("classes", [])
     return [str(c) for c in classes]
+
+
+MODEL_KINDS = {".pth": "pytorch", ".xml": "openvino", ".onnx": "onnx"}
+
+
+def model_kind(target: Path) -> str:
+    """'pytorch', 'openvino' or 'onnx' for a model file that exists with everything it needs
+    beside it; a clear error otherwise."""
+    kind = MODEL_KINDS.get(target.suffix.lower())
+    if kind is None:
+        raise DetcompressError(
+            f"{target}: unknown model file type '{target.suffix}'; valid: "
+            ".pth (checkpoint), .xml (OpenVINO IR), .onnx"
+        )
+    if not target.is_file():
+        raise CheckpointError(f"{target}: no such file")
+    if kind == "openvino" and not target.with_suffix(".bin").is_file():
+        raise CheckpointError(
+            f"{target}: its weights file {target.with_suffix('.bin').name} is missing beside it"
+        )
+    return kind
 
 
 def sha256_of(path: Path) -> str:
