@@ -196,9 +196,9 @@ def compress(
     loaded = plan.config
     nncf_config = loaded.nncf
     if not nncf_config.is_empty:
-        from detcompress.compression import require_nncf
+        from detcompress.compression.pipeline import require_packages
 
-        require_nncf()
+        require_packages(nncf_config)
     splits = ("val",) if plan.max_iters == 0 else ("train", "val")
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
@@ -216,7 +216,7 @@ def compress(
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
         nncf_config = _nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
-        model = _rebuild_compressed(model, source_meta, source)
+        model = _rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
     else:
         if plan.load_from is not None and source is not None:
@@ -249,6 +249,7 @@ def compress(
         _structure_fn(nncf_config),
         trust_checkpoint=trust_checkpoint,
         evaluate_only=post_training_only,
+        hooks=_compression_hooks(nncf_config),
     )
     checkpoint = result.checkpoint
     if post_training_only and report:
@@ -277,11 +278,27 @@ def _unwrapped(model: Any) -> Any:
 
 
 def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
+    """What a checkpoint stores of the compression: its structure, with the statistics."""
     if nncf_config.is_empty:
         return lambda model: None
-    from detcompress.compression.pipeline import model_structure
+    from detcompress.compression.pipeline import model_structure, statistics
 
-    return model_structure
+    def structure(model: Any) -> dict[str, Any] | None:
+        found = model_structure(model)
+        if found is not None:
+            found["statistics"] = statistics(model, nncf_config)
+        return found
+
+    return structure
+
+
+def _compression_hooks(nncf_config: Any) -> list[Any]:
+    """The schedules (sparsity, pruning) and the statistics after each validation."""
+    if nncf_config.is_empty:
+        return []
+    from detcompress.compression.hooks import CompressionScheduleHook
+
+    return [CompressionScheduleHook(nncf_config)]
 
 
 def _initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
@@ -298,21 +315,25 @@ def _initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any
     return compress_model(model, nncf_config, batches, to_inputs, batch_size)
 
 
-def _rebuild_structure(model: Any, meta: dict[str, Any]) -> Any:
-    """The compression structure of a detcompress checkpoint on `model` (values untrained)."""
+def _rebuild_structure(model: Any, meta: dict[str, Any], source: Path | str) -> Any:
+    """The compression structure of a detcompress checkpoint on `model` (pruned architecture,
+    NNCF's hooks; values untrained)."""
     from detcompress.compression import require_nncf
+    from detcompress.compression.pipeline import needs_nncf, rebuild_model
 
-    require_nncf()
-    from detcompress.compression.pipeline import rebuild_model
+    structure = meta.get("structure") or {}
+    if needs_nncf(structure):
+        require_nncf()
+    return rebuild_model(model, structure, str(source))
 
-    return rebuild_model(model, meta["structure"])
 
-
-def _rebuild_compressed(model: Any, meta: dict[str, Any], checkpoint: Any) -> Any:
+def _rebuild_compressed(
+    model: Any, meta: dict[str, Any], checkpoint: Any, source: Path | str = "checkpoint"
+) -> Any:
     """`_rebuild_structure`, then the checkpoint's weights and quantizer values."""
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-    model = _rebuild_structure(model, meta)
+    model = _rebuild_structure(model, meta, source)
     _load_checkpoint_to_model(model, checkpoint, strict=True)
     return model
 
@@ -434,12 +455,17 @@ def resume(
         print(f"[detcompress] {dist.describe(batch_size, cfg.get('auto_scale_lr'))}", flush=True)
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
-        model = _rebuild_structure(model, meta)
+        model = _rebuild_structure(model, meta, path)
     detector.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
     distributed.configure_runner(cfg, dist, target_device)
     result = training.run(
-        cfg, model, run_meta, _structure_fn(stored), trust_checkpoint=trust_checkpoint
+        cfg,
+        model,
+        run_meta,
+        _structure_fn(stored),
+        trust_checkpoint=trust_checkpoint,
+        hooks=_compression_hooks(stored),
     )
     return CompressResult(
         result.work_dir,

@@ -387,7 +387,7 @@ def _bench_pytorch(
     result = Measurement(
         model=str(path),
         backend="pytorch",
-        precision="fake-int8" if loaded.compressed else "f32",
+        precision="fake-int8" if loaded.quantized else "f32",
         batch=shape[0],
         input_shape=shape,
         postprocessing=False,

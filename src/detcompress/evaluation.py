@@ -86,7 +86,7 @@ def evaluate(
         loaded = load_detector(target, config, trust_checkpoint)
         cfg, model = loaded.cfg, loaded.model
         _apply_options(cfg, cfg_options, target)
-        model_precision = "int8 (fake-quantized)" if loaded.compressed else "fp32"
+        model_precision = "int8 (fake-quantized)" if loaded.quantized else "fp32"
         backend = "pytorch"
     else:
         cfg, metadata = _exported_config(target, kind, config)

@@ -130,7 +130,7 @@ def export(
     images = _exactly(images, -(-len(images) // chunk) * chunk)
     example = images[:chunk]
     detector = loaded.model
-    if loaded.compressed:
+    if loaded.has_nncf_hooks:
         from detcompress.compression import nncf_adapter
 
         detector = nncf_adapter.strip_for_export(detector, normalize(prep, example[:1]))
@@ -138,7 +138,7 @@ def export(
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
     params = nms_params(detector.bbox_head) if postprocessing else None
     output_names = ["boxes", "scores"] if postprocessing else graph.raw_output_names
-    precision = "int8" if loaded.compressed else "fp32"
+    precision = loaded.precision
     metadata = _metadata(loaded, prep, graph, params, precision, batch, dynamic_batch, formats)
 
     from detcompress.io import atomic_dir

@@ -24,6 +24,25 @@ class LoadedDetector:
     def classes(self) -> list[str]:
         return dataset_classes(self.cfg)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the compression includes int8 quantization (else pruning/sparsity only)."""
+        from detcompress.compression.pipeline import is_quantized
+
+        return self.compressed and is_quantized(self.meta.get("nncf_config") or {})
+
+    @property
+    def has_nncf_hooks(self) -> bool:
+        """Whether NNCF's quantizers or sparsity masks are in the model (export strips them)."""
+        from detcompress.compression.pipeline import needs_nncf
+
+        return self.compressed and needs_nncf(self.meta.get("structure") or {})
+
+    @property
+    def precision(self) -> str:
+        """'int8' or 'fp32', what an export of it computes in."""
+        return "int8" if self.quantized else "fp32"
+
 
 def dataset_classes(cfg: Any) -> list[str]:
     """The classes of the config's test dataset: its metainfo, else its dataset type's."""
@@ -96,7 +115,7 @@ def load_detector(
     model = detector.build_detector(cfg)
     compressed = bool(meta.get("compressed"))
     if compressed:
-        model = api._rebuild_compressed(model, meta, checkpoint)
+        model = api._rebuild_compressed(model, meta, checkpoint, path)
     else:
         detector.load_weights(model, checkpoint, path)
     model.eval()

@@ -263,6 +263,7 @@ def run(
     structure: Callable[[Any], dict[str, Any] | None],
     trust_checkpoint: bool = False,
     evaluate_only: bool = False,
+    hooks: list[Any] | None = None,
 ) -> TrainResult:
     """Train (or only validate) `model` through mmengine's Runner; with `cfg.resume` and
     `cfg.load_from` set, continue from that checkpoint."""
@@ -274,6 +275,8 @@ def run(
         SelfDescribingCheckpointHook({**meta, "versions": package_versions()}, structure)
     )
     runner.register_hook(recorder)
+    for hook in hooks or []:
+        runner.register_hook(hook)
     if runner.distributed:
         runner.register_hook(SyncNormStatsHook())
     if evaluate_only:

@@ -27,7 +27,8 @@ from nncf.quantization.advanced_parameters import (
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from nncf.torch.function_hook.wrapper import get_hook_storage
 
-from detcompress.presets import Quantization, QuantizerSettings
+from detcompress.errors import PresetError
+from detcompress.presets import Algorithm, Quantization, QuantizerSettings
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
 RANGE_ESTIMATORS = {
@@ -185,9 +186,107 @@ def count_quantizers(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def is_compressed(model: torch.nn.Module) -> bool:
+    """Whether NNCF put anything into the model (quantizers or sparsity masks)."""
     from nncf.torch.function_hook.wrapper import is_wrapped
 
-    return is_wrapped(model) and bool(quantizer_modules(model))
+    return is_wrapped(model) and bool(quantizer_modules(model) or sparsity_masks(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Magnitude sparsity
+
+
+def _prune_mode(algo: Algorithm) -> Any:
+    from nncf.parameters import PruneMode
+
+    mode = algo.get("params.sparsity_level_setting_mode", "global")
+    importance = algo.get("params.weight_importance", "normed_abs")
+    if mode == "global" and importance == "abs":
+        raise PresetError(
+            f"'{algo.name}': params.weight_importance 'abs' with global level setting is not "
+            "available in NNCF 3 (it ranks |w| / ||w|| globally); valid: normed_abs, or "
+            "sparsity_level_setting_mode 'local'"
+        )
+    return (
+        PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
+        if mode == "global"
+        else PruneMode.UNSTRUCTURED_MAGNITUDE_LOCAL
+    )
+
+
+def sparsify(
+    model: torch.nn.Module, algo: Algorithm, level: float, example_input: torch.Tensor
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Magnitude-sparsity masks on every convolution / linear weight not in ignored_scopes
+    (in place), set to `level`."""
+    if algo.target_scopes:
+        raise PresetError(
+            f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to leave "
+            "dense in ignored_scopes"
+        )
+    mode = _prune_mode(algo)
+    names = graph_node_names(model, example_input)
+    matched, unmatched = match_scopes(algo.ignored_scopes, names)
+    ignored = nncf.IgnoredScope(
+        names=sorted({n for hits in matched.values() for n in hits}), validate=False
+    )
+    model = nncf.prune(
+        model,
+        mode=mode,
+        ratio=max(level, 0.0),
+        ignored_scope=ignored,
+        examples_inputs=example_input,
+    )
+    set_sparsity_level(model, algo, level)
+    lines = [f"ignored scope '{s}' matched {len(h)} operations" for s, h in matched.items()]
+    lines += [
+        f"warning: ignored scope '{s}' matched nothing; operation names look like "
+        "'backbone/stem/conv/conv/conv2d/0' ({re}-prefixed scopes are regexes)"
+        for s in unmatched
+    ]
+    stats = sparsity_statistics(model)
+    return model, {**stats, "ignored_unmatched": unmatched, "lines": lines}
+
+
+def sparsity_masks(model: torch.nn.Module) -> dict[str, Any]:
+    """Weight name -> its magnitude-sparsity mask module."""
+    from nncf.torch.function_hook.pruning.magnitude.algo import get_pruned_modules
+
+    return get_pruned_modules(model)
+
+
+@torch.no_grad()
+def set_sparsity_level(model: torch.nn.Module, algo: Algorithm, level: float) -> None:
+    """Recompute the masks from the current weights for `level` (0: nothing masked)."""
+    from nncf.torch.function_hook.pruning.magnitude.algo import update_pruning_ratio
+
+    if level <= 0:
+        for mask in sparsity_masks(model).values():
+            mask.binary_mask.fill_(True)
+        return
+    update_pruning_ratio(model, _prune_mode(algo), level)
+
+
+@torch.no_grad()
+def sparsity_statistics(model: torch.nn.Module) -> dict[str, Any]:
+    """Measured sparsity: the fraction of masked-off weights among the masked tensors."""
+    masks = sparsity_masks(model)
+    total = sum(m.binary_mask.numel() for m in masks.values())
+    zeros = sum(int((~m.binary_mask).sum()) for m in masks.values())
+    return {
+        "masked_tensors": len(masks),
+        "masked_weights": total,
+        "masked_sparsity": round(zeros / total, 6) if total else 0.0,
+    }
+
+
+def adapt_batch_norm(
+    model: torch.nn.Module, batches: list[Any], to_inputs: Callable[[Any], torch.Tensor]
+) -> torch.nn.Module:
+    """Batch-norm statistics re-estimated on `batches` (after filters or weights changed)."""
+    return nncf.batch_norm_adaptation(
+        model, nncf.Dataset(batches, to_inputs), num_iterations=len(batches)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,25 @@
 """nncf_config (typed) -> a compressed detector. Algorithms run in the order that works:
-pruning and sparsity first, quantization last (quantizers calibrate on the final weights)."""
+filter pruning first (it changes the architecture), then sparsity (masks on the final weights),
+quantization last (quantizers calibrate on the pruned, masked weights).
+
+The compression state that training changes (the current sparsity and pruning levels, the
+original size for the statistics) travels with the model as `CompressionState`, and into every
+checkpoint with the compression structure (`model_structure`).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from detcompress.errors import NotAvailableError
-from detcompress.presets import NNCFConfig, Quantization
+import torch
+
+from detcompress.errors import DetcompressError, PresetError
+from detcompress.presets import Algorithm, NNCFConfig, Quantization
 
 # NNCF compiles a C++ extension on first use (about 45 s on 2 cores), close to its 60 s limit.
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
@@ -19,12 +28,61 @@ os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 DEFAULT_RANGE_INIT_SAMPLES = 256
 DEFAULT_BN_ADAPTATION_SAMPLES = 2000
 ORDER = {"filter_pruning": 0, "magnitude_sparsity": 1, "rb_sparsity": 1, "quantization": 2}
+SPARSITY_ALGORITHMS = ("magnitude_sparsity", "rb_sparsity")
+STRUCTURE_FORMAT = 2
+STATE_ATTRIBUTE = "_detcompress_compression"
+REGEX_PREFIX = "{re}"  # NNCF 2's marker of a regular-expression scope
 
 
 @dataclass
 class CompressionReport:
     lines: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompressionState:
+    """What training changes besides weights, kept on the model and in checkpoints."""
+
+    input_shape: list[int]
+    sparsity_level: float | None = None
+    pruning_level: float | None = None
+    original: dict[str, int] = field(default_factory=dict)  # params, macs, filters
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def state_of(model: Any) -> CompressionState | None:
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    return state if isinstance(state, CompressionState) else None
+
+
+def _attach(model: Any, state: CompressionState) -> None:
+    object.__setattr__(model, STATE_ATTRIBUTE, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependencies
+
+
+def require_packages(nncf_config: NNCFConfig) -> None:
+    """One clear error for each missing package the nncf_config needs."""
+    from detcompress.compression import require_nncf
+
+    require_nncf()  # filter pruning too: BN adaptation and the statistics go through it
+    if nncf_config.algorithm("filter_pruning") is not None:
+        try:
+            import torch_pruning  # noqa: F401
+        except ImportError as exc:
+            raise DetcompressError(
+                "the nncf_config asks for filter_pruning, which needs torch-pruning; run "
+                "`make install` (it installs torch-pruning==1.6.1)"
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration batches
 
 
 def steps(
@@ -48,13 +106,294 @@ def quantization_steps(algo: Quantization, batch_size: int) -> tuple[int, int]:
     return init, bn
 
 
+def bn_adaptation_steps(algo: Algorithm, batch_size: int) -> int:
+    """BN-adaptation batches of a pruning or sparsity algorithm (none unless configured)."""
+    bn = algo.get("initializer.batchnorm_adaptation", {}) or {}
+    if not bn:
+        return 0
+    return steps(
+        bn.get("num_bn_adaptation_steps"),
+        bn.get("num_bn_adaptation_samples"),
+        DEFAULT_BN_ADAPTATION_SAMPLES,
+        batch_size,
+    )
+
+
 def calibration_batches_needed(nncf: NNCFConfig, batch_size: int) -> int:
     needed = [
         max(quantization_steps(algo, batch_size))
-        for algo in nncf.algorithms
         if isinstance(algo, Quantization)
+        else bn_adaptation_steps(algo, batch_size)
+        for algo in nncf.algorithms
     ]
     return max([*needed, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Filter pruning settings
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    importance: str
+    global_ranking: bool
+    prune_first_conv: bool
+    ignored_scopes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, algo: Algorithm) -> PruningSettings:
+        if algo.get("params.pruning_flops_target") is not None:
+            raise PresetError(
+                "'filter_pruning': params.pruning_flops_target is not supported by detcompress; "
+                "set params.pruning_target (the fraction of filters removed) instead"
+            )
+        if algo.get("params.prune_batch_norms", True) is False:
+            raise PresetError(
+                "'filter_pruning': params.prune_batch_norms must be true: filters are removed "
+                "physically, so their batch-norm channels go with them"
+            )
+        if algo.target_scopes:
+            raise PresetError(
+                "'filter_pruning': target_scopes is not supported; list what to keep in "
+                "ignored_scopes (module names, or {re}regexes)"
+            )
+        return cls(
+            importance=algo.get("params.weight_importance", "L2"),
+            global_ranking=bool(algo.get("params.all_weights", False)),
+            prune_first_conv=bool(algo.get("params.prune_first_conv", False)),
+            ignored_scopes=algo.ignored_scopes,
+        )
+
+
+def match_module_scopes(scopes: tuple[str, ...], names: list[str]) -> tuple[set[str], list[str]]:
+    """Module names matched by scopes (exact names or {re}regexes), and scopes matching none."""
+    matched: set[str] = set()
+    unmatched: list[str] = []
+    for scope in scopes:
+        if scope.startswith(REGEX_PREFIX):
+            pattern = re.compile(scope[len(REGEX_PREFIX) :])
+            hits = {n for n in names if pattern.search(n)}
+        else:
+            hits = {n for n in names if n == scope or n.startswith(scope + ".")}
+        matched |= hits
+        if not hits:
+            unmatched.append(scope)
+    return matched, unmatched
+
+
+def progressive_pruning(nncf_config: NNCFConfig) -> bool:
+    """Filters are removed step by step during training only when filter pruning is the only
+    algorithm: quantizers and sparsity masks are shaped after the filters, so combined with
+    them the pruning goes straight to its target before they are created."""
+    return [a.name for a in nncf_config.algorithms] == ["filter_pruning"]
+
+
+def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float) -> tuple[int, int]:
+    """Remove filters until `level` of the original filters are gone; (filters before, after)."""
+    from detcompress.compression import torch_pruning_adapter as tpa
+
+    current = state.pruning_level or 0.0
+    if level <= current:
+        count = filter_count(model)
+        return count, count
+    settings = PruningSettings.of(algo)
+    names = list(tpa.conv_names(model))
+    keep, _ = match_module_scopes(settings.ignored_scopes, names)
+    convs = tpa.conv_names(model)
+    ignored = [convs[n] for n in keep] + tpa.head_output_convs(model)
+    first = tpa.first_conv(model)
+    if first is not None and not settings.prune_first_conv:
+        ignored.append(first)
+    before = filter_count(model)
+    # torch-pruning's ratio is of the model as it is: from `current` to `level` of the original.
+    step_ratio = 1 - (1 - level) / (1 - current)
+    example = torch.zeros(state.input_shape, device=_device_of(model))
+    was_training = model.training
+    model.eval()
+    tpa.prune_filters(
+        model, example, step_ratio, settings.importance, ignored, settings.global_ranking
+    )
+    model.train(was_training)
+    state.pruning_level = level
+    return before, filter_count(model)
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------
+# Size statistics (plain torch, so they work on NNCF-wrapped models as well)
+
+
+def filter_count(model: Any) -> int:
+    """Output channels of all convolutions except the head's output layers."""
+    from torch import nn
+
+    head_outputs: set[int] = set()
+    head = getattr(model, "bbox_head", None)
+    if head is not None:
+        try:
+            from detcompress.compression.torch_pruning_adapter import head_output_convs
+
+            head_outputs = {id(m) for m in head_output_convs(model)}
+        except ImportError:  # torch-pruning missing: count every convolution
+            head_outputs = set()
+    return sum(
+        m.out_channels
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and id(m) not in head_outputs
+    )
+
+
+def weight_params(model: Any) -> int:
+    """Parameters of the network itself (NNCF's quantizer and mask parameters excluded)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "__nncf_hooks" not in n)
+
+
+@torch.no_grad()
+def count_macs(model: Any, input_shape: list[int]) -> int:
+    """Multiply-accumulates of one `tensor`-mode forward (convolutions and linear layers)."""
+    from torch import nn
+
+    total = 0
+
+    def conv_hook(module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+        total += output.numel() * kernel
+
+    def linear_hook(module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(input_shape, device=_device_of(model)), mode="tensor")
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def size_counts(model: Any, input_shape: list[int]) -> dict[str, int]:
+    return {
+        "params": weight_params(model),
+        "macs": count_macs(model, input_shape),
+        "filters": filter_count(model),
+    }
+
+
+def statistics(model: Any, nncf_config: NNCFConfig) -> dict[str, Any]:
+    """Compression statistics: sparsity (current, target, measured), pruning (filters, params,
+    MACs against the original), quantizer counts."""
+    state = state_of(model)
+    stats: dict[str, Any] = {}
+    if state is None:
+        return stats
+    if nncf_config.algorithm("filter_pruning") is not None and state.original:
+        from detcompress.compression.schedules import PruningSchedule
+
+        algo = nncf_config.algorithm("filter_pruning")
+        assert algo is not None
+        now = size_counts(model, state.input_shape)
+        stats["filter_pruning"] = {
+            "level": state.pruning_level,
+            "target": PruningSchedule.of(algo).target,
+            **{f"{k}": now[k] for k in now},
+            **{f"original_{k}": v for k, v in state.original.items()},
+            **{
+                f"{k}_ratio": round(now[k] / state.original[k], 4)
+                for k in now
+                if state.original.get(k)
+            },
+        }
+    sparsity = next((a for a in nncf_config.algorithms if a.name in SPARSITY_ALGORITHMS), None)
+    if sparsity is not None:
+        from detcompress.compression import nncf_adapter
+        from detcompress.compression.schedules import SparsitySchedule
+
+        measured = nncf_adapter.sparsity_statistics(model)
+        stats[sparsity.name] = {
+            "level": state.sparsity_level,
+            "target": SparsitySchedule.of(sparsity).target,
+            **measured,
+        }
+    if nncf_config.algorithm("quantization") is not None:
+        from detcompress.compression import nncf_adapter
+
+        weights, activations = nncf_adapter.count_quantizers(model)
+        stats["quantization"] = {
+            "weight_quantizers": weights,
+            "activation_quantizers": activations,
+        }
+    return stats
+
+
+def statistics_table(stats: dict[str, Any]) -> list[str]:
+    """The statistics as aligned text lines, for the training log."""
+    rows: list[tuple[str, str]] = []
+    pruning = stats.get("filter_pruning")
+    if pruning:
+        rows += [
+            ("pruning level / target", f"{pruning['level']:.3f} / {pruning['target']:.3f}"),
+            (
+                "filters",
+                f"{pruning['filters']} of {pruning['original_filters']} "
+                f"({pruning.get('filters_ratio', 1):.3f})",
+            ),
+            (
+                "params",
+                f"{pruning['params']:,} of {pruning['original_params']:,} "
+                f"({pruning.get('params_ratio', 1):.3f})",
+            ),
+            (
+                "MACs",
+                f"{pruning['macs']:,} of {pruning['original_macs']:,} "
+                f"({pruning.get('macs_ratio', 1):.3f})",
+            ),
+        ]
+    for name in SPARSITY_ALGORITHMS:
+        sparsity = stats.get(name)
+        if sparsity:
+            level = sparsity["level"]
+            rows += [
+                (
+                    "sparsity level / target",
+                    f"{level if level is not None else float('nan'):.3f} / "
+                    f"{sparsity['target']:.3f}",
+                ),
+                (
+                    "sparsity measured",
+                    f"{sparsity['masked_sparsity']:.4f} of {sparsity['masked_weights']:,} masked "
+                    f"weights in {sparsity['masked_tensors']} tensors",
+                ),
+            ]
+    quant = stats.get("quantization")
+    if quant:
+        rows.append(
+            (
+                "quantizers",
+                f"{quant['weight_quantizers']} on weights, "
+                f"{quant['activation_quantizers']} on activations",
+            )
+        )
+    if not rows:
+        return []
+    width = max(len(k) for k, _ in rows)
+    return ["compression statistics:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialization
 
 
 def compress_model(
@@ -64,41 +403,197 @@ def compress_model(
     to_inputs: Callable[[Any], Any],
     batch_size: int,
 ) -> tuple[Any, CompressionReport]:
-    """Initialize compression on an uncompressed detector (calibration, BN adaptation)."""
-    from detcompress.compression import nncf_adapter
-
+    """Initialize compression on an uncompressed detector (pruning, sparsity masks,
+    calibration, BN adaptation)."""
     report = CompressionReport()
+    example = to_inputs(batches[0])
+    state = CompressionState(input_shape=[1, *example.shape[1:]])
+    state.original = size_counts(model, state.input_shape)
     for algo in sorted(nncf_config.algorithms, key=lambda a: ORDER[a.name]):
-        if not isinstance(algo, Quantization):
-            raise NotAvailableError(
-                f"'{algo.name}' is not available yet in this version; 'quantization' is"
-            )
-        init_steps, bn_steps = quantization_steps(algo, batch_size)
-        model, summary = nncf_adapter.quantize(
-            model,
-            algo,
-            batches[:init_steps],
-            to_inputs,
-            bn_batches=batches[:bn_steps],
-            target_device=nncf_config.target_device,
-        )
-        report.lines.append(
-            f"quantization: range init on {init_steps} batches, BN adaptation on {bn_steps}"
-        )
-        report.lines.extend(summary.lines())
-        report.data["quantization"] = summary.to_json()
+        if isinstance(algo, Quantization):
+            model = _quantize(model, algo, nncf_config, batches, to_inputs, batch_size, report)
+        elif algo.name == "filter_pruning":
+            _prune_filters(model, algo, nncf_config, state, report)
+            _adapt_bn(model, algo, batches, to_inputs, batch_size, report)
+        else:
+            model = _sparsify(model, algo, state, example, report)
+            _adapt_bn(model, algo, batches, to_inputs, batch_size, report)
+    _attach(model, state)
+    report.data["statistics"] = statistics(model, nncf_config)
+    report.lines.extend(statistics_table(report.data["statistics"]))
     return model, report
 
 
-def rebuild_model(model: Any, structure: dict[str, Any]) -> Any:
-    """Recreate a compressed model's structure from its checkpoint (no re-initialization)."""
+def _quantize(
+    model: Any,
+    algo: Quantization,
+    nncf_config: NNCFConfig,
+    batches: list[Any],
+    to_inputs: Callable[[Any], Any],
+    batch_size: int,
+    report: CompressionReport,
+) -> Any:
     from detcompress.compression import nncf_adapter
 
-    return nncf_adapter.restore_structure(model, structure)
+    init_steps, bn_steps = quantization_steps(algo, batch_size)
+    state = state_of(model)
+    model, summary = nncf_adapter.quantize(
+        model,
+        algo,
+        batches[:init_steps],
+        to_inputs,
+        bn_batches=batches[:bn_steps],
+        target_device=nncf_config.target_device,
+    )
+    if state is not None:
+        _attach(model, state)  # nncf.quantize returns a copy
+    report.lines.append(
+        f"quantization: range init on {init_steps} batches, BN adaptation on {bn_steps}"
+    )
+    report.lines.extend(summary.lines())
+    report.data["quantization"] = summary.to_json()
+    return model
+
+
+def _prune_filters(
+    model: Any,
+    algo: Algorithm,
+    nncf_config: NNCFConfig,
+    state: CompressionState,
+    report: CompressionReport,
+) -> None:
+    from detcompress.compression import torch_pruning_adapter as tpa
+    from detcompress.compression.schedules import PruningSchedule
+
+    schedule = PruningSchedule.of(algo)
+    settings = PruningSettings.of(algo)
+    _, unmatched = match_module_scopes(settings.ignored_scopes, list(tpa.conv_names(model)))
+    for scope in unmatched:
+        report.lines.append(
+            f"warning: filter_pruning ignored scope '{scope}' matched no convolution; names "
+            "look like 'backbone.stem.conv.conv' ({re}-prefixed scopes are regexes)"
+        )
+    progressive = progressive_pruning(nncf_config)
+    level = schedule.level(0) if progressive else schedule.target
+    state.pruning_level = 0.0
+    before, after = prune_to(model, algo, state, level)
+    how = (
+        f"{schedule.kind} schedule to {schedule.target} by epoch {schedule.last_change_epoch}"
+        if progressive
+        else "straight to the target: the quantizers / masks are shaped after the filters"
+    )
+    report.lines.append(
+        f"filter_pruning: {before - after} of {before} filters removed (level {level:.3f}; "
+        f"{how}; importance {settings.importance}, head output convolutions kept)"
+    )
+    report.data["filter_pruning"] = {"initial_level": level, "progressive": progressive}
+
+
+def _sparsify(
+    model: Any,
+    algo: Algorithm,
+    state: CompressionState,
+    example: torch.Tensor,
+    report: CompressionReport,
+) -> Any:
+    from detcompress.compression import nncf_adapter
+    from detcompress.compression.schedules import SparsitySchedule
+
+    if algo.name == "rb_sparsity":
+        from detcompress.errors import NotAvailableError
+
+        raise NotAvailableError(
+            "'rb_sparsity' is not available yet in this version; 'magnitude_sparsity' is"
+        )
+    schedule = SparsitySchedule.of(algo)
+    level = schedule.level(0)
+    model, summary = nncf_adapter.sparsify(model, algo, level, example)
+    state.sparsity_level = level
+    report.lines.append(
+        f"magnitude_sparsity: {summary['masked_tensors']} weight tensors masked, level "
+        f"{level:.3f} ({schedule.kind} schedule to {schedule.target:.3f})"
+    )
+    report.lines.extend(summary["lines"])
+    report.data["magnitude_sparsity"] = {k: v for k, v in summary.items() if k != "lines"}
+    return model
+
+
+def _adapt_bn(
+    model: Any,
+    algo: Algorithm,
+    batches: list[Any],
+    to_inputs: Callable[[Any], Any],
+    batch_size: int,
+    report: CompressionReport,
+) -> None:
+    count = bn_adaptation_steps(algo, batch_size)
+    if count:
+        from detcompress.compression import nncf_adapter
+
+        nncf_adapter.adapt_batch_norm(model, batches[:count], to_inputs)
+        report.lines.append(f"{algo.name}: BN adaptation on {count} batches")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
 
 
 def model_structure(model: Any) -> dict[str, Any] | None:
     """The compression structure to store in a checkpoint, or None for a plain model."""
-    from detcompress.compression import nncf_adapter
+    state = state_of(model)
+    nncf_structure = None
+    try:
+        from detcompress.compression import nncf_adapter
+    except ImportError:  # filter pruning alone runs without nncf
+        nncf_adapter = None  # type: ignore[assignment]
+    if nncf_adapter is not None and nncf_adapter.is_compressed(model):
+        nncf_structure = nncf_adapter.compression_structure(model)
+    if state is None and nncf_structure is None:
+        return None
+    pruned = None
+    if state is not None and state.pruning_level is not None:
+        from detcompress.compression import torch_pruning_adapter as tpa
 
-    return nncf_adapter.compression_structure(model) if nncf_adapter.is_compressed(model) else None
+        pruned = tpa.channel_counts(model)
+    return {
+        "format": STRUCTURE_FORMAT,
+        "state": state.to_json() if state is not None else None,
+        "pruned_channels": pruned,
+        "nncf": nncf_structure,
+    }
+
+
+def rebuild_model(model: Any, structure: dict[str, Any], source: str = "checkpoint") -> Any:
+    """Recreate a compressed model's structure from its checkpoint (no re-initialization):
+    the pruned architecture, then NNCF's hooks; the caller loads the weights."""
+    if "format" not in structure:  # checkpoints before pruning: NNCF's structure alone
+        structure = {"nncf": structure, "state": None, "pruned_channels": None}
+    state_data = structure.get("state")
+    state = CompressionState(**state_data) if state_data else None
+    if structure.get("pruned_channels"):
+        from detcompress.compression import torch_pruning_adapter as tpa
+
+        assert state is not None
+        example = torch.zeros(state.input_shape, device=_device_of(model))
+        was_training = model.training
+        model.eval()
+        tpa.apply_channel_counts(model, structure["pruned_channels"], example, source)
+        model.train(was_training)
+    if structure.get("nncf"):
+        from detcompress.compression import nncf_adapter
+
+        model = nncf_adapter.restore_structure(model, structure["nncf"])
+    if state is not None:
+        _attach(model, state)
+    return model
+
+
+def needs_nncf(structure: dict[str, Any]) -> bool:
+    return "format" not in structure or bool(structure.get("nncf"))
+
+
+def is_quantized(nncf_config_raw: dict[str, Any]) -> bool:
+    """Whether a stored nncf_config quantizes (exports then run in int8)."""
+    algos = nncf_config_raw.get("compression", [])
+    algos = algos if isinstance(algos, list) else [algos]
+    return any(isinstance(a, dict) and a.get("algorithm") == "quantization" for a in algos)

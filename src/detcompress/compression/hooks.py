@@ -1,0 +1,143 @@
+"""The training hook that carries out sparsity and filter-pruning schedules and logs the
+compression statistics after every validation.
+
+The level of each schedule is a function of the iteration alone (iterations / iterations per
+epoch), so a resumed run changes levels at exactly the iterations an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mmengine.hooks import Hook
+
+from detcompress.compression import pipeline
+from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
+from detcompress.presets import NNCFConfig
+
+
+def _unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+class CompressionScheduleHook(Hook):
+    # Before the optimizer step of the iteration, after mmengine's own bookkeeping.
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, nncf_config: NNCFConfig) -> None:
+        self.nncf_config = nncf_config
+        sparsity = next(
+            (a for a in nncf_config.algorithms if a.name in pipeline.SPARSITY_ALGORITHMS), None
+        )
+        self.sparsity_algo = sparsity
+        self.sparsity = SparsitySchedule.of(sparsity) if sparsity is not None else None
+        pruning = nncf_config.algorithm("filter_pruning")
+        self.pruning_algo = pruning
+        self.pruning = (
+            PruningSchedule.of(pruning)
+            if pruning is not None and pipeline.progressive_pruning(nncf_config)
+            else None
+        )
+        self.statistics: dict[str, Any] = {}
+
+    @staticmethod
+    def epoch(runner: Any, batch_idx: int) -> float:
+        """The fractional epoch of the iteration about to run."""
+        per_epoch = max(len(runner.train_dataloader), 1)
+        if type(runner.train_loop).__name__ == "EpochBasedTrainLoop":
+            return runner.epoch + batch_idx / per_epoch
+        return runner.iter / per_epoch
+
+    def before_train(self, runner: Any) -> None:
+        if self.pruning is not None and runner.distributed:
+            from detcompress.errors import ConfigError
+
+            if self.pruning.last_change_epoch > 0:
+                raise ConfigError(
+                    "filter_pruning with a schedule that removes filters during training runs "
+                    "in one process only (DDP cannot follow parameters that change shape); "
+                    "use params.schedule 'baseline' with num_init_steps 0 (prune at once), or "
+                    "--launcher none"
+                )
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        model = _unwrap(runner.model)
+        state = pipeline.state_of(model)
+        if state is None:
+            return
+        epoch = self.epoch(runner, batch_idx)
+        if self.sparsity is not None and self.sparsity_algo is not None:
+            level = self.sparsity.level(epoch)
+            # Levels only grow (a compressed checkpoint fine-tuned again keeps its sparsity).
+            current = state.sparsity_level if state.sparsity_level is not None else -1.0
+            if level > current and not self.sparsity.frozen(epoch):
+                from detcompress.compression import nncf_adapter
+
+                nncf_adapter.set_sparsity_level(model, self.sparsity_algo, level)
+                state.sparsity_level = level
+                measured = nncf_adapter.sparsity_statistics(model)["masked_sparsity"]
+                runner.logger.info(
+                    f"[detcompress] iteration {runner.iter} (epoch {epoch:.2f}): sparsity level "
+                    f"{level:.4f}, measured {measured:.4f}"
+                )
+        if self.pruning is not None and self.pruning_algo is not None:
+            level = self.pruning.level(epoch)
+            if level > (state.pruning_level or 0.0):
+                before, after = pipeline.prune_to(model, self.pruning_algo, state, level)
+                _rebuild_optimizer(runner)
+                _rebuild_ema(runner)
+                runner.logger.info(
+                    f"[detcompress] iteration {runner.iter} (epoch {epoch:.2f}): pruning level "
+                    f"{level:.4f}, filters {before} -> {after}"
+                )
+        if runner.message_hub is not None:
+            if state.sparsity_level is not None:
+                runner.message_hub.update_scalar("train/sparsity_level", state.sparsity_level)
+            if state.pruning_level is not None:
+                runner.message_hub.update_scalar("train/pruning_level", state.pruning_level)
+
+    def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+        model = _unwrap(runner.model)
+        self.statistics = pipeline.statistics(model, self.nncf_config)
+        for line in pipeline.statistics_table(self.statistics):
+            runner.logger.info(f"[detcompress] {line}")
+
+
+def _rebuild_optimizer(runner: Any) -> None:
+    """After filters were removed: a new optimizer over the new parameters, with the old
+    groups' hyperparameters (the LR schedule's current values) and the old state of every
+    parameter whose shape did not change (momentum of pruned ones restarts)."""
+    wrapper = runner.optim_wrapper
+    old = wrapper.optimizer
+    fresh = runner.build_optim_wrapper(copy.deepcopy(runner.cfg.optim_wrapper)).optimizer
+    if len(fresh.param_groups) != len(old.param_groups):
+        raise RuntimeError("parameter groups changed while pruning filters")
+    for old_group, new_group in zip(old.param_groups, fresh.param_groups, strict=True):
+        for key, value in old_group.items():
+            if key != "params":
+                new_group[key] = value
+    old_params = [p for g in old.param_groups for p in g["params"]]
+    new_params = [p for g in fresh.param_groups for p in g["params"]]
+    for before, after in zip(old_params, new_params, strict=False):
+        state = old.state.get(before)
+        if before is after and state and _shaped_like(state, after):
+            fresh.state[after] = state
+    wrapper.optimizer = fresh
+
+
+def _shaped_like(state: dict[str, Any], param: Any) -> bool:
+    import torch
+
+    return all(
+        v.shape == param.shape for v in state.values() if isinstance(v, torch.Tensor) and v.dim()
+    )
+
+
+def _rebuild_ema(runner: Any) -> None:
+    """An EMA copy of the old architecture cannot average the new one: start it again."""
+    from mmengine.hooks import EMAHook
+
+    for hook in runner.hooks:
+        if isinstance(hook, EMAHook):
+            hook.before_run(runner)

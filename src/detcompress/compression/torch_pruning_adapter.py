@@ -1,0 +1,120 @@
+"""Every torch-pruning call of detcompress: filter pruning that physically removes filters
+(DepGraph keeps coupled layers consistent: batch norms, the next convolution's inputs, residual
+and concat partners), and the pruned architecture to and from checkpoints.
+
+The architecture is stored as plain data, the out-channel count of every convolution, and
+re-applied to a detector freshly built from the config by removing the trailing channels; the
+checkpoint's state_dict then fills in the kept filters (torch-pruning's own `state_dict` pickles
+whole modules, which cannot be loaded with `weights_only=True`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from detcompress.errors import CheckpointError
+
+IMPORTANCE = {
+    "L2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "L1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "geometric_median": lambda: tp.importance.FPGMImportance(p=2),
+}
+
+
+def _tensor_forward(model: nn.Module, inputs: torch.Tensor) -> Any:
+    # mmdet's default forward needs a mode; `tensor` is the network without postprocessing.
+    return model(inputs, mode="tensor")
+
+
+def head_output_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The head's final class / box / objectness convolutions: the plain `nn.Conv2d`s of
+    `bbox_head` that are not inside a ConvModule (pruning them would change the class count or
+    the box encoding)."""
+    from mmcv.cnn import ConvModule
+
+    head = getattr(model, "bbox_head", None)
+    if head is None:
+        return []
+    inside_conv_module = {
+        id(conv)
+        for module in head.modules()
+        if isinstance(module, ConvModule)
+        for conv in module.modules()
+        if isinstance(conv, nn.Conv2d)
+    }
+    return [
+        m for m in head.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside_conv_module
+    ]
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The convolution the image enters (NNCF 2 leaves it unpruned unless `prune_first_conv`)."""
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def conv_names(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def prune_filters(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float,
+    importance: str,
+    ignored: Iterable[nn.Module],
+    global_ranking: bool,
+) -> None:
+    """Remove `ratio` of the filters of every prunable convolution (of the model as it is now),
+    ranked by `importance`; in place."""
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_input,
+        importance=IMPORTANCE[importance](),
+        pruning_ratio=ratio,
+        global_pruning=global_ranking,
+        ignored_layers=list(ignored),
+        forward_fn=_tensor_forward,
+    )
+    pruner.step()
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """The pruned architecture: out channels of every convolution."""
+    return {name: conv.out_channels for name, conv in conv_names(model).items()}
+
+
+def apply_channel_counts(
+    model: nn.Module, counts: dict[str, int], example_input: torch.Tensor, source: str
+) -> None:
+    """Shrink a freshly built detector to the stored architecture (trailing filters removed,
+    coupled layers with them); the checkpoint's weights are loaded afterwards."""
+    convs = conv_names(model)
+    unknown = sorted(set(counts) - set(convs))
+    if unknown:
+        raise CheckpointError(
+            f"{source}: the pruned architecture names convolutions the config's model does not "
+            f"have ({', '.join(unknown[:3])}, ...); was it pruned from another config?"
+        )
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_input, forward_fn=_tensor_forward
+    )
+    for name, conv in convs.items():
+        wanted = counts.get(name, conv.out_channels)
+        if conv.out_channels > wanted:
+            group = graph.get_pruning_group(
+                conv, tp.prune_conv_out_channels, idxs=list(range(wanted, conv.out_channels))
+            )
+            group.prune()
+    wrong = [
+        n for n, c in conv_names(model).items() if c.out_channels != counts.get(n, c.out_channels)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{source}: cannot rebuild the pruned architecture ({wrong[0]} has "
+            f"{convs[wrong[0]].out_channels} channels, {counts[wrong[0]]} stored)"
+        )
