@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,34 @@ def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "score_thr=0.0" in text
     config.write_text(text)
     return ws
+
+
+RELOAD = """
+import sys, torch
+from detcompress.loading import load_detector
+from pathlib import Path
+model = load_detector(Path(sys.argv[1])).model
+with torch.no_grad():
+    outs = model(torch.load(sys.argv[2]))
+torch.save([t for level in outs for t in level], sys.argv[3])
+"""
+
+
+def outputs_in_fresh_process(checkpoint: Path | str, x: Any, tmp_path: Path) -> list[Any]:
+    """`tensor`-mode outputs of a checkpoint loaded in a new Python process, on input `x`."""
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.save(x, tmp_path / "x.pt")
+    out = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(checkpoint), str(tmp_path / "x.pt"),
+         str(tmp_path / "y.pt")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return list(torch.load(tmp_path / "y.pt"))
 
 
 @pytest.fixture()

@@ -112,6 +112,8 @@ class CompressResult:
     train_seconds: float
     compressed: bool
     compression: dict[str, Any] = field(default_factory=dict)
+    # Compression statistics of the final model (sparsity, pruning, quantizers).
+    statistics: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
     # The trained model (unwrapped from DDP), for library callers; not part of the JSON.
@@ -150,6 +152,7 @@ class CompressResult:
             "train_seconds": round(self.train_seconds, 3),
             "world_size": self.world_size,
             "compression": self.compression,
+            "statistics": self.statistics,
             **self.metrics,
         }
 
@@ -196,9 +199,10 @@ def compress(
     loaded = plan.config
     nncf_config = loaded.nncf
     if not nncf_config.is_empty:
-        from detcompress.compression.pipeline import require_packages
+        from detcompress.compression.pipeline import check_settings, require_packages
 
         require_packages(nncf_config)
+        check_settings(nncf_config)
     splits = ("val",) if plan.max_iters == 0 else ("train", "val")
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
@@ -233,6 +237,10 @@ def compress(
         for line in report_lines:
             print(f"[detcompress] {line}", flush=True)
     detector.mark_initialized(model)
+    if not nncf_config.is_empty:
+        from detcompress.compression.pipeline import compression_lr_multiplier
+
+        training.scale_compression_lr(cfg, compression_lr_multiplier(nncf_config))
 
     meta = {
         "nncf_config": nncf_config.raw,
@@ -267,6 +275,7 @@ def compress(
         result.train_seconds,
         compressed=not nncf_config.is_empty,
         compression=report,
+        statistics=_final_statistics(result.runner.model, nncf_config),
         rank=dist.rank,
         world_size=dist.world_size,
         model=_unwrapped(result.runner.model),
@@ -275,6 +284,14 @@ def compress(
 
 def _unwrapped(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
+
+
+def _final_statistics(model: Any, nncf_config: Any) -> dict[str, Any]:
+    if nncf_config.is_empty:
+        return {}
+    from detcompress.compression.pipeline import statistics
+
+    return statistics(_unwrapped(model), nncf_config)
 
 
 def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
@@ -475,6 +492,7 @@ def resume(
         result.train_seconds,
         compressed=not stored.is_empty,
         compression=meta.get("compression_summary") or {},
+        statistics=_final_statistics(result.runner.model, stored),
         rank=dist.rank,
         world_size=dist.world_size,
         model=_unwrapped(result.runner.model),

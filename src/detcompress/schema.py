@@ -189,7 +189,7 @@ FILTER_PRUNING = Obj(
         "initializer": Obj({"batchnorm_adaptation": BN_ADAPTATION}),
         "params": Obj(
             {
-                "schedule": _choice("baseline", "exponential", "exponential_with_bias"),
+                "schedule": _choice("baseline", "exponential"),
                 "pruning_target": _ratio(True, True),
                 "pruning_flops_target": _ratio(True, True),
                 "num_init_steps": NON_NEG_INT,

@@ -149,6 +149,26 @@ def share_parameters_safely(cfg: Any) -> None:
         wrapper["paramwise_cfg"]["bypass_duplicate"] = True
 
 
+# Parameters NNCF adds to a model (quantizer ranges, sparsity masks) live under this name.
+COMPRESSION_PARAMETERS_KEY = "__nncf_hooks"
+
+
+def scale_compression_lr(cfg: Any, multiplier: float | None) -> None:
+    """The learning rate of the compression parameters, `multiplier` times the weights', as a
+    custom key of mmengine's paramwise optimizer constructor (so `resume` rebuilds the same
+    parameter groups from the stored config)."""
+    if multiplier is None:
+        return
+    wrapper = cfg.get("optim_wrapper")
+    if wrapper is None:
+        return
+    paramwise = wrapper.get("paramwise_cfg") or {}
+    custom = dict(paramwise.get("custom_keys") or {})
+    custom[COMPRESSION_PARAMETERS_KEY] = dict(custom.get(COMPRESSION_PARAMETERS_KEY) or {})
+    custom[COMPRESSION_PARAMETERS_KEY]["lr_mult"] = multiplier
+    wrapper["paramwise_cfg"] = dict(paramwise, custom_keys=custom, bypass_duplicate=True)
+
+
 def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> None:
     """Override the schedule length so that training ends with a validation and a checkpoint."""
     if max_iters is not None:

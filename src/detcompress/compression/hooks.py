@@ -40,6 +40,7 @@ class CompressionScheduleHook(Hook):
             else None
         )
         self.statistics: dict[str, Any] = {}
+        self.rb_loss: Any = None
 
     @staticmethod
     def epoch(runner: Any, batch_idx: int) -> float:
@@ -50,6 +51,8 @@ class CompressionScheduleHook(Hook):
         return runner.iter / per_epoch
 
     def before_train(self, runner: Any) -> None:
+        if self.sparsity_algo is not None and self.sparsity_algo.name == "rb_sparsity":
+            self._add_rb_loss(_unwrap(runner.model))
         if self.pruning is not None and runner.distributed:
             from detcompress.errors import ConfigError
 
@@ -74,7 +77,10 @@ class CompressionScheduleHook(Hook):
             if level > current and not self.sparsity.frozen(epoch):
                 from detcompress.compression import nncf_adapter
 
-                nncf_adapter.set_sparsity_level(model, self.sparsity_algo, level)
+                if self.rb_loss is not None:
+                    self.rb_loss.target = level  # the masks follow through the loss
+                else:
+                    nncf_adapter.set_sparsity_level(model, self.sparsity_algo, level)
                 state.sparsity_level = level
                 measured = nncf_adapter.sparsity_statistics(model)["masked_sparsity"]
                 runner.logger.info(
@@ -96,6 +102,24 @@ class CompressionScheduleHook(Hook):
                 runner.message_hub.update_scalar("train/sparsity_level", state.sparsity_level)
             if state.pruning_level is not None:
                 runner.message_hub.update_scalar("train/pruning_level", state.pruning_level)
+
+    def _add_rb_loss(self, model: Any) -> None:
+        """The RB loss term joins the detector's loss dict (mmdet sums every `loss*` key)."""
+        from detcompress.compression import nncf_adapter
+
+        state = pipeline.state_of(model)
+        level = state.sparsity_level if state is not None and state.sparsity_level else 0.0
+        self.rb_loss = nncf_adapter.RBSparsityLoss(model, level)
+        detector_loss = model.loss
+        rb_loss = self.rb_loss
+
+        def loss_with_sparsity(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            losses = detector_loss(*args, **kwargs)
+            device = next(model.parameters()).device
+            losses["loss_rb_sparsity"] = rb_loss().to(device)
+            return losses
+
+        model.loss = loss_with_sparsity
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
         model = _unwrap(runner.model)

@@ -217,27 +217,38 @@ def _prune_mode(algo: Algorithm) -> Any:
 def sparsify(
     model: torch.nn.Module, algo: Algorithm, level: float, example_input: torch.Tensor
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Magnitude-sparsity masks on every convolution / linear weight not in ignored_scopes
-    (in place), set to `level`."""
+    """Sparsity masks on every convolution / linear weight not in ignored_scopes (in place):
+    magnitude masks set to `level`, or regularization-based masks (all kept at first; the
+    RB loss then trains them towards the schedule's level)."""
     if algo.target_scopes:
         raise PresetError(
             f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to leave "
             "dense in ignored_scopes"
         )
-    mode = _prune_mode(algo)
+    mode = _prune_mode(algo) if algo.name == "magnitude_sparsity" else None
     names = graph_node_names(model, example_input)
     matched, unmatched = match_scopes(algo.ignored_scopes, names)
     ignored = nncf.IgnoredScope(
         names=sorted({n for hits in matched.values() for n in hits}), validate=False
     )
-    model = nncf.prune(
-        model,
-        mode=mode,
-        ratio=max(level, 0.0),
-        ignored_scope=ignored,
-        examples_inputs=example_input,
-    )
-    set_sparsity_level(model, algo, level)
+    if mode is None:
+        from nncf.parameters import PruneMode
+
+        model = nncf.prune(
+            model,
+            mode=PruneMode.UNSTRUCTURED_REGULARIZATION_BASED,
+            ignored_scope=ignored,
+            examples_inputs=example_input,
+        )
+    else:
+        model = nncf.prune(
+            model,
+            mode=mode,
+            ratio=max(level, 0.0),
+            ignored_scope=ignored,
+            examples_inputs=example_input,
+        )
+        set_sparsity_level(model, algo, level)
     lines = [f"ignored scope '{s}' matched {len(h)} operations" for s, h in matched.items()]
     lines += [
         f"warning: ignored scope '{s}' matched nothing; operation names look like "
@@ -249,10 +260,42 @@ def sparsify(
 
 
 def sparsity_masks(model: torch.nn.Module) -> dict[str, Any]:
-    """Weight name -> its magnitude-sparsity mask module."""
+    """Weight name -> its sparsity mask module (magnitude or regularization-based)."""
     from nncf.torch.function_hook.pruning.magnitude.algo import get_pruned_modules
+    from nncf.torch.function_hook.pruning.rb.algo import get_pruned_modules as get_rb_modules
 
-    return get_pruned_modules(model)
+    return {**get_pruned_modules(model), **get_rb_modules(model)}
+
+
+def _binary_mask(module: Any) -> torch.Tensor:
+    """The 0/1 mask a mask module applies at inference."""
+    from nncf.torch.function_hook.pruning.rb.modules import RBPruningMask, binary_mask
+
+    if isinstance(module, RBPruningMask):
+        return binary_mask(module.mask).bool()
+    return module.binary_mask
+
+
+class RBSparsityLoss:
+    """NNCF's regularization-based sparsity loss with a target that the schedule moves:
+    ((kept fraction - (1 - target)) / p) ** 2, on the masks' straight-through estimates."""
+
+    def __init__(self, model: torch.nn.Module, target: float) -> None:
+        from nncf.torch.function_hook.pruning.rb.losses import RBLoss
+
+        # Not a submodule of the model (RBLoss holds the model: a cycle).
+        self._loss = RBLoss(model, target_ratio=target)
+
+    @property
+    def target(self) -> float:
+        return float(self._loss.target_ratio)
+
+    @target.setter
+    def target(self, value: float) -> None:
+        self._loss.target_ratio = value
+
+    def __call__(self) -> torch.Tensor:
+        return self._loss()
 
 
 @torch.no_grad()
@@ -270,9 +313,9 @@ def set_sparsity_level(model: torch.nn.Module, algo: Algorithm, level: float) ->
 @torch.no_grad()
 def sparsity_statistics(model: torch.nn.Module) -> dict[str, Any]:
     """Measured sparsity: the fraction of masked-off weights among the masked tensors."""
-    masks = sparsity_masks(model)
-    total = sum(m.binary_mask.numel() for m in masks.values())
-    zeros = sum(int((~m.binary_mask).sum()) for m in masks.values())
+    masks = [_binary_mask(m) for m in sparsity_masks(model).values()]
+    total = sum(m.numel() for m in masks)
+    zeros = sum(int((~m).sum()) for m in masks)
     return {
         "masked_tensors": len(masks),
         "masked_weights": total,

@@ -81,6 +81,24 @@ def require_packages(nncf_config: NNCFConfig) -> None:
             ) from exc
 
 
+def check_settings(nncf_config: NNCFConfig) -> None:
+    """Refuse settings detcompress cannot carry out before anything heavy runs."""
+    from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
+
+    for algo in nncf_config.algorithms:
+        if algo.name == "filter_pruning":
+            PruningSchedule.of(algo)
+            PruningSettings.of(algo)
+        elif algo.name in SPARSITY_ALGORITHMS:
+            SparsitySchedule.of(algo)
+            if algo.name == "rb_sparsity" and algo.get("params.sparsity_freeze_epoch") is not None:
+                raise PresetError(
+                    "'rb_sparsity': params.sparsity_freeze_epoch is not supported (NNCF 3's RB "
+                    "masks keep training); leave it out"
+                )
+    compression_lr_multiplier(nncf_config)
+
+
 # ---------------------------------------------------------------------------------------------
 # Calibration batches
 
@@ -499,23 +517,41 @@ def _sparsify(
     from detcompress.compression import nncf_adapter
     from detcompress.compression.schedules import SparsitySchedule
 
-    if algo.name == "rb_sparsity":
-        from detcompress.errors import NotAvailableError
-
-        raise NotAvailableError(
-            "'rb_sparsity' is not available yet in this version; 'magnitude_sparsity' is"
-        )
     schedule = SparsitySchedule.of(algo)
     level = schedule.level(0)
     model, summary = nncf_adapter.sparsify(model, algo, level, example)
     state.sparsity_level = level
+    how = (
+        "masks set by weight magnitude"
+        if algo.name == "magnitude_sparsity"
+        else ("masks trained by the RB loss towards the level")
+    )
     report.lines.append(
-        f"magnitude_sparsity: {summary['masked_tensors']} weight tensors masked, level "
-        f"{level:.3f} ({schedule.kind} schedule to {schedule.target:.3f})"
+        f"{algo.name}: {summary['masked_tensors']} weight tensors masked, level {level:.3f} "
+        f"({schedule.kind} schedule to {schedule.target:.3f}; {how})"
     )
     report.lines.extend(summary["lines"])
-    report.data["magnitude_sparsity"] = {k: v for k, v in summary.items() if k != "lines"}
+    report.data[algo.name] = {k: v for k, v in summary.items() if k != "lines"}
     return model
+
+
+def compression_lr_multiplier(nncf_config: NNCFConfig) -> float | None:
+    """NNCF's `compression_lr_multiplier` (root or per algorithm): the learning rate of the
+    compression parameters (quantizer ranges, RB masks) relative to the weights'."""
+    values = {
+        a.get("compression_lr_multiplier")
+        for a in nncf_config.algorithms
+        if a.get("compression_lr_multiplier") is not None
+    }
+    root = nncf_config.raw.get("compression_lr_multiplier")
+    if root is not None:
+        values.add(root)
+    if len(values) > 1:
+        raise PresetError(
+            f"compression_lr_multiplier is set to different values ({sorted(values)}); NNCF 3 "
+            "keeps all compression parameters in one model: give one value"
+        )
+    return float(values.pop()) if values else None
 
 
 def _adapt_bn(

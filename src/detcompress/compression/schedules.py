@@ -131,11 +131,6 @@ class PruningSchedule:
     @classmethod
     def of(cls, algo: Algorithm) -> PruningSchedule:
         kind = algo.get("params.schedule", "exponential")
-        if kind == "exponential_with_bias":
-            raise PresetError(
-                f"'{algo.name}': params.schedule 'exponential_with_bias' is not supported by "
-                "detcompress; valid: baseline, exponential"
-            )
         initial = float(algo.get("pruning_init", 0.0))
         target = float(algo.get("params.pruning_target", DEFAULT_PRUNING_TARGET))
         if target < initial:
