@@ -20,6 +20,7 @@ EXPECTED_PRESETS = {
     "int8_mixed": ["quantization"],
     "magnitude_sparsity": ["magnitude_sparsity"],
     "filter_pruning": ["filter_pruning"],
+    "rb_sparsity": ["rb_sparsity"],
     "int8_magnitude_sparsity": ["magnitude_sparsity", "quantization"],
     "int8_filter_pruning": ["filter_pruning", "quantization"],
 }

@@ -100,6 +100,11 @@ def test_pruning_schedules() -> None:
     assert [baseline.level(e) for e in range(4)] == [0.2, 0.2, 0.4, 0.4]
 
 
+def test_exponential_with_bias_is_refused_with_the_valid_schedules() -> None:
+    with pytest.raises(PresetError, match=r"valid: baseline, exponential$"):
+        _algo({"algorithm": "filter_pruning", "params": {"schedule": "exponential_with_bias"}})
+
+
 @pytest.mark.parametrize(
     ("compression", "expected"),
     [
@@ -121,11 +126,6 @@ def test_pruning_schedules() -> None:
         ),
     ],
 )
-def test_exponential_with_bias_is_refused_with_the_valid_schedules() -> None:
-    with pytest.raises(PresetError, match=r"valid: baseline, exponential$"):
-        _algo({"algorithm": "filter_pruning", "params": {"schedule": "exponential_with_bias"}})
-
-
 def test_impossible_schedules_are_clear_errors(compression: dict, expected: str) -> None:
     algo = _algo(compression)
     of = PruningSchedule.of if compression["algorithm"] == "filter_pruning" else SparsitySchedule.of

@@ -247,3 +247,31 @@ def test_combined_presets_train_resume_and_export(
         sparsity = stats["magnitude_sparsity"]
         assert sparsity["masked_sparsity"] == pytest.approx(levels[3], abs=1e-4)
         assert zeros >= levels[3] - 0.05
+
+
+def test_rb_sparsity_trains_its_masks_through_the_loss(runs: dict[str, Any]) -> None:
+    """The RB loss joins the detector's loss and moves the masks towards the level; a
+    multiplier this large makes 4 iterations enough to drop weights."""
+    work = runs["base"] / "rb"
+    _, data = _compress(
+        runs["config"], work, "--preset", "rb_sparsity", "--load-from", runs["fp32"],
+        "--max-iters", "4", "--cfg-options", "default_hooks.checkpoint.interval=2",
+        "nncf_config.compression.params.sparsity_target_epoch=0",
+        "nncf_config.compression.compression_lr_multiplier=50000",
+    )  # fmt: skip
+    log = next(work.glob("*/*.log")).read_text()
+    assert "loss_rb_sparsity" in log
+    logits = [
+        v for k, v in _state(work / "iter_4.pth")["state_dict"].items() if k.endswith(".mask")
+    ]
+    assert len(logits) > 50
+    initial = torch.logit(torch.tensor(0.99)).item()
+    assert all(t.mean().item() < initial - 1 for t in logits)
+    sparsity = data["statistics"]["rb_sparsity"]
+    assert sparsity["level"] == 0.5 and 0 < sparsity["masked_sparsity"] < 1
+    # The masks' learning rate is the multiplier times the weights'.
+    groups = _state(work / "iter_4.pth")["optimizer"]["param_groups"]
+    assert max(g["lr"] for g in groups) == pytest.approx(50000 * min(g["lr"] for g in groups))
+    resumed = runs["base"] / "rb_resumed"
+    _resume(work / "iter_2.pth", resumed)
+    assert _state(resumed / "iter_4.pth")["meta"]["iter"] == 4

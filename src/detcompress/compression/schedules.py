@@ -37,6 +37,8 @@ DEFAULT_PRUNING_STEPS = 100
 
 def _exponential(initial: float, target: float, progress: float) -> float:
     progress = min(max(progress, 0.0), 1.0)
+    if progress <= 0.0:
+        return initial
     if progress >= 1.0:
         return target
     kept = (1 - initial) * ((1 - target) / (1 - initial)) ** progress
