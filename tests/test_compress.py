@@ -156,6 +156,25 @@ def test_compressed_checkpoint_reloads_bit_identically(qat_run: dict, tmp_path: 
     assert all(torch.equal(a, b) for a, b in zip(here, there, strict=True))
 
 
+def test_checkpoint_of_the_previous_format_still_loads(qat_run: dict, tmp_path: Path) -> None:
+    """Checkpoints written before pruning existed hold NNCF's structure directly."""
+    from detcompress.checkpoint import load_checkpoint
+    from detcompress.loading import load_detector
+
+    ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
+    meta = ckpt["meta"]["detcompress"]
+    meta["structure"] = meta["structure"]["nncf"]
+    assert "format" not in meta["structure"]
+    old = tmp_path / "old.pth"
+    torch.save(ckpt, old)
+    x = torch.rand(1, 3, 96, 96) * 255
+    with torch.no_grad():
+        before = load_detector(Path(qat_run["data"]["checkpoint"])).model(x)
+        after = load_detector(old).model(x)
+    flat = [t for level in before for t in level], [t for level in after for t in level]
+    assert all(torch.equal(a, b) for a, b in zip(*flat, strict=True))
+
+
 def _quantizer_calls_per_mode(model: Any, batch: Any) -> dict[str, int]:
     from detcompress.compression.nncf_adapter import quantizer_modules
 

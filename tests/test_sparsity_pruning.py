@@ -147,7 +147,14 @@ def test_filter_pruning_follows_schedule_and_shrinks_the_model(
     count = lambda sd: sum(v.numel() for k, v in sd.items() if "running" not in k)  # noqa: E731
     assert count(pruned) / count(original) <= 0.75
     assert stats["params_ratio"] <= 0.75 and stats["macs_ratio"] <= 0.75
-    assert stats["filters_ratio"] == pytest.approx(0.7, abs=0.02)
+    # 30% of the filters, a little more where the last step rounds kept channels down to 8s.
+    assert 0.55 <= stats["filters_ratio"] <= 0.71
+    pruned_convs = [
+        v.shape[0]
+        for k, v in pruned.items()
+        if v.dim() == 4 and k in original and v.shape[0] < original[k].shape[0]
+    ]
+    assert pruned_convs and all(n % 8 == 0 for n in pruned_convs)
 
 
 def test_filter_pruning_keeps_head_output_channels(pruning_run: dict[str, Any]) -> None:
@@ -250,17 +257,20 @@ def test_combined_presets_train_resume_and_export(
 
 
 def test_rb_sparsity_trains_its_masks_through_the_loss(runs: dict[str, Any]) -> None:
-    """The RB loss joins the detector's loss and moves the masks towards the level; a
-    multiplier this large makes 4 iterations enough to drop weights."""
+    """The RB loss joins the detector's loss and its level follows the schedule (per iteration
+    here: 0 -> 0.5 over one epoch of 6 iterations); a multiplier this large makes 4 iterations
+    enough to drop weights."""
     work = runs["base"] / "rb"
     _, data = _compress(
         runs["config"], work, "--preset", "rb_sparsity", "--load-from", runs["fp32"],
         "--max-iters", "4", "--cfg-options", "default_hooks.checkpoint.interval=2",
-        "nncf_config.compression.params.sparsity_target_epoch=0",
+        "nncf_config.compression.params.sparsity_target_epoch=1",
+        "nncf_config.compression.params.update_per_optimizer_step=True",
         "nncf_config.compression.compression_lr_multiplier=50000",
     )  # fmt: skip
-    log = next(work.glob("*/*.log")).read_text()
-    assert "loss_rb_sparsity" in log
+    assert "loss_rb_sparsity" in next(work.glob("*/*.log")).read_text()
+    expected = {k: pytest.approx(0.5 * k / ITERS_PER_EPOCH) for k in (1, 2, 3)}
+    assert _level_changes(work) == expected
     logits = [
         v for k, v in _state(work / "iter_4.pth")["state_dict"].items() if k.endswith(".mask")
     ]
@@ -268,10 +278,13 @@ def test_rb_sparsity_trains_its_masks_through_the_loss(runs: dict[str, Any]) -> 
     initial = torch.logit(torch.tensor(0.99)).item()
     assert all(t.mean().item() < initial - 1 for t in logits)
     sparsity = data["statistics"]["rb_sparsity"]
-    assert sparsity["level"] == 0.5 and 0 < sparsity["masked_sparsity"] < 1
+    assert sparsity["level"] == pytest.approx(0.25) and 0 < sparsity["masked_sparsity"] < 1
     # The masks' learning rate is the multiplier times the weights'.
     groups = _state(work / "iter_4.pth")["optimizer"]["param_groups"]
     assert max(g["lr"] for g in groups) == pytest.approx(50000 * min(g["lr"] for g in groups))
+    # Resumed, the loss is there again and the schedule goes on from the stored level.
     resumed = runs["base"] / "rb_resumed"
     _resume(work / "iter_2.pth", resumed)
+    assert "loss_rb_sparsity" in next(resumed.glob("*/*.log")).read_text()
+    assert _level_changes(resumed) == {k: expected[k] for k in (2, 3)}
     assert _state(resumed / "iter_4.pth")["meta"]["iter"] == 4

@@ -207,6 +207,10 @@ def compress(
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
     dist = distributed.init(launcher, target_device, loaded.cfg)
+    if not nncf_config.is_empty:
+        from detcompress.compression.pipeline import check_distributed
+
+        check_distributed(nncf_config, dist.world_size)
     distributed.run_on_main(dist, lambda: _claim_work_dir(plan.work_dir, force))
 
     from detcompress import training
@@ -459,6 +463,10 @@ def resume(
     cfg.work_dir = str(work_dir or Path(cfg.work_dir))
     done = int(checkpoint.get("meta", {}).get("iter", 0))
     dist = distributed.init(launcher, target_device, cfg)
+    if not stored.is_empty:
+        from detcompress.compression.pipeline import check_distributed
+
+        check_distributed(stored, dist.world_size)
     distributed.run_on_main(
         dist, lambda: _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
     )

@@ -45,7 +45,12 @@ class CompressionScheduleHook(Hook):
     @staticmethod
     def epoch(runner: Any, batch_idx: int) -> float:
         """The fractional epoch of the iteration about to run."""
-        per_epoch = max(len(runner.train_dataloader), 1)
+        loader = runner.train_dataloader
+        per_epoch = len(loader)
+        sampler = getattr(loader, "sampler", None)
+        if type(sampler).__name__ == "InfiniteSampler":  # its length is the whole dataset's
+            per_epoch //= max(getattr(sampler, "world_size", 1), 1)
+        per_epoch = max(per_epoch, 1)
         if type(runner.train_loop).__name__ == "EpochBasedTrainLoop":
             return runner.epoch + batch_idx / per_epoch
         return runner.iter / per_epoch
@@ -53,16 +58,11 @@ class CompressionScheduleHook(Hook):
     def before_train(self, runner: Any) -> None:
         if self.sparsity_algo is not None and self.sparsity_algo.name == "rb_sparsity":
             self._add_rb_loss(_unwrap(runner.model))
-        if self.pruning is not None and runner.distributed:
-            from detcompress.errors import ConfigError
 
-            if self.pruning.last_change_epoch > 0:
-                raise ConfigError(
-                    "filter_pruning with a schedule that removes filters during training runs "
-                    "in one process only (DDP cannot follow parameters that change shape); "
-                    "use params.schedule 'baseline' with num_init_steps 0 (prune at once), or "
-                    "--launcher none"
-                )
+    def after_train(self, runner: Any) -> None:
+        model = _unwrap(runner.model)
+        if "loss" in vars(model):  # the RB loss patch: the trained model keeps mmdet's loss
+            del model.loss
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         model = _unwrap(runner.model)
@@ -81,6 +81,7 @@ class CompressionScheduleHook(Hook):
                     self.rb_loss.target = level  # the masks follow through the loss
                 else:
                     nncf_adapter.set_sparsity_level(model, self.sparsity_algo, level)
+                    _sync_ema_masks(runner)
                 state.sparsity_level = level
                 measured = nncf_adapter.sparsity_statistics(model)["masked_sparsity"]
                 runner.logger.info(
@@ -128,6 +129,19 @@ class CompressionScheduleHook(Hook):
             runner.logger.info(f"[detcompress] {line}")
 
 
+def _sync_ema_masks(runner: Any) -> None:
+    """mmengine's EMA copy stops following boolean buffers after its first update: give it the
+    new sparsity masks, or validation and checkpoints would use the old level's."""
+    from mmengine.hooks import EMAHook
+
+    source = dict(_unwrap(runner.model).named_buffers())
+    for hook in runner.hooks:
+        if isinstance(hook, EMAHook) and getattr(hook, "ema_model", None) is not None:
+            for name, buffer in hook.ema_model.module.named_buffers():
+                if name.endswith("binary_mask") and name in source:
+                    buffer.copy_(source[name])
+
+
 def _rebuild_optimizer(runner: Any) -> None:
     """After filters were removed: a new optimizer over the new parameters, with the old
     groups' hyperparameters (the LR schedule's current values) and the old state of every
@@ -136,7 +150,13 @@ def _rebuild_optimizer(runner: Any) -> None:
     old = wrapper.optimizer
     fresh = runner.build_optim_wrapper(copy.deepcopy(runner.cfg.optim_wrapper)).optimizer
     if len(fresh.param_groups) != len(old.param_groups):
-        raise RuntimeError("parameter groups changed while pruning filters")
+        from detcompress.errors import ConfigError
+
+        raise ConfigError(
+            "filter pruning during training: the optimizer's parameter groups changed when "
+            "filters were removed (a custom optimizer constructor?); prune at once with "
+            "params.schedule 'baseline' and num_init_steps 0"
+        )
     for old_group, new_group in zip(old.param_groups, fresh.param_groups, strict=True):
         for key, value in old_group.items():
             if key != "params":

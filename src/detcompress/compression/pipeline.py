@@ -81,6 +81,25 @@ def require_packages(nncf_config: NNCFConfig) -> None:
             ) from exc
 
 
+def check_distributed(nncf_config: NNCFConfig, world_size: int) -> None:
+    """Filters removed during training change parameter shapes, which DDP cannot follow."""
+    from detcompress.compression.schedules import PruningSchedule
+
+    algo = nncf_config.algorithm("filter_pruning")
+    if (
+        world_size > 1
+        and algo is not None
+        and progressive_pruning(nncf_config)
+        and PruningSchedule.of(algo).last_change_epoch > 0
+    ):
+        raise PresetError(
+            "filter_pruning with a schedule that removes filters during training runs in "
+            "one process only (DDP cannot follow parameters that change shape); use "
+            "params.schedule 'baseline' with num_init_steps 0 (prune at once), or "
+            "--launcher none"
+        )
+
+
 def check_settings(nncf_config: NNCFConfig) -> None:
     """Refuse settings detcompress cannot carry out before anything heavy runs."""
     from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
@@ -91,6 +110,20 @@ def check_settings(nncf_config: NNCFConfig) -> None:
             PruningSettings.of(algo)
         elif algo.name in SPARSITY_ALGORITHMS:
             SparsitySchedule.of(algo)
+            if algo.target_scopes:
+                raise PresetError(
+                    f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to "
+                    "leave dense in ignored_scopes"
+                )
+            if algo.name == "magnitude_sparsity" and (
+                algo.get("params.sparsity_level_setting_mode", "global") == "global"
+                and algo.get("params.weight_importance") == "abs"
+            ):
+                raise PresetError(
+                    "'magnitude_sparsity': params.weight_importance 'abs' with global level "
+                    "setting is not available in NNCF 3 (it ranks |w| / ||w|| globally); valid: "
+                    "normed_abs, or sparsity_level_setting_mode 'local'"
+                )
             if algo.name == "rb_sparsity" and algo.get("params.sparsity_freeze_epoch") is not None:
                 raise PresetError(
                     "'rb_sparsity': params.sparsity_freeze_epoch is not supported (NNCF 3's RB "
@@ -175,6 +208,13 @@ class PruningSettings:
                 "'filter_pruning': target_scopes is not supported; list what to keep in "
                 "ignored_scopes (module names, or {re}regexes)"
             )
+        if algo.get("params.prune_downsample_convs") is False:
+            raise PresetError(
+                "'filter_pruning': params.prune_downsample_convs: false is not supported: "
+                "detcompress prunes stride-2 convolutions like the others (DepGraph keeps "
+                "their residual partners consistent); leave it out, or list them in "
+                "ignored_scopes"
+            )
         return cls(
             importance=algo.get("params.weight_importance", "L2"),
             global_ranking=bool(algo.get("params.all_weights", False)),
@@ -228,8 +268,11 @@ def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float)
     example = torch.zeros(state.input_shape, device=_device_of(model))
     was_training = model.training
     model.eval()
+    from detcompress.compression.schedules import PruningSchedule
+
+    final = level >= PruningSchedule.of(algo).target
     tpa.prune_filters(
-        model, example, step_ratio, settings.importance, ignored, settings.global_ranking
+        model, example, step_ratio, settings.importance, ignored, settings.global_ranking, final
     )
     model.train(was_training)
     state.pruning_level = level

@@ -26,6 +26,12 @@ IMPORTANCE = {
 }
 
 
+# At the final pruning step, kept channels are rounded down to a multiple of this: CPU kernels
+# work on blocks of 8 (AVX2) / 16 (AVX-512) channels and a remainder costs a full block
+# (measured on the demo, AVX2: pruned int8 / int8 latency 0.93 unrounded, 0.72 rounded).
+CHANNEL_MULTIPLE = 8
+
+
 def _tensor_forward(model: nn.Module, inputs: torch.Tensor) -> Any:
     # mmdet's default forward needs a mode; `tensor` is the network without postprocessing.
     return model(inputs, mode="tensor")
@@ -68,17 +74,27 @@ def prune_filters(
     importance: str,
     ignored: Iterable[nn.Module],
     global_ranking: bool,
+    round_channels: bool,
 ) -> None:
     """Remove `ratio` of the filters of every prunable convolution (of the model as it is now),
-    ranked by `importance`; in place."""
+    ranked by `importance`; in place. `round_channels`: keep multiples of CHANNEL_MULTIPLE
+    (skipped when a prunable convolution is too narrow for that)."""
+    ignored = list(ignored)
+    skip = {id(m) for m in ignored}
+    narrowest = min(
+        (m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip),
+        default=0,
+    )
+    round_to = CHANNEL_MULTIPLE if round_channels and narrowest >= 2 * CHANNEL_MULTIPLE else None
     pruner = tp.pruner.MetaPruner(
         model,
         example_input,
         importance=IMPORTANCE[importance](),
         pruning_ratio=ratio,
         global_pruning=global_ranking,
-        ignored_layers=list(ignored),
+        ignored_layers=ignored,
         forward_fn=_tensor_forward,
+        round_to=round_to,
     )
     pruner.step()
 
