@@ -27,7 +27,6 @@ from nncf.quantization.advanced_parameters import (
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from nncf.torch.function_hook.wrapper import get_hook_storage
 
-from detcompress.errors import PresetError
 from detcompress.presets import Algorithm, Quantization, QuantizerSettings
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
@@ -199,14 +198,8 @@ def is_compressed(model: torch.nn.Module) -> bool:
 def _prune_mode(algo: Algorithm) -> Any:
     from nncf.parameters import PruneMode
 
+    # global+abs is refused by pipeline.check_sparsity_settings (NNCF 3 ranks |w| / ||w||).
     mode = algo.get("params.sparsity_level_setting_mode", "global")
-    importance = algo.get("params.weight_importance", "normed_abs")
-    if mode == "global" and importance == "abs":
-        raise PresetError(
-            f"'{algo.name}': params.weight_importance 'abs' with global level setting is not "
-            "available in NNCF 3 (it ranks |w| / ||w|| globally); valid: normed_abs, or "
-            "sparsity_level_setting_mode 'local'"
-        )
     return (
         PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
         if mode == "global"
@@ -220,11 +213,6 @@ def sparsify(
     """Sparsity masks on every convolution / linear weight not in ignored_scopes (in place):
     magnitude masks set to `level`, or regularization-based masks (all kept at first; the
     RB loss then trains them towards the schedule's level)."""
-    if algo.target_scopes:
-        raise PresetError(
-            f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to leave "
-            "dense in ignored_scopes"
-        )
     mode = _prune_mode(algo) if algo.name == "magnitude_sparsity" else None
     names = graph_node_names(model, example_input)
     matched, unmatched = match_scopes(algo.ignored_scopes, names)

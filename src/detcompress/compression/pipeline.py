@@ -100,6 +100,25 @@ def check_distributed(nncf_config: NNCFConfig, world_size: int) -> None:
         )
 
 
+def check_sparsity_settings(algo: Algorithm) -> None:
+    """What NNCF 3's sparsity cannot do (checked again where the masks are created, for
+    library callers that skip `check_settings`)."""
+    if algo.target_scopes:
+        raise PresetError(
+            f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to "
+            "leave dense in ignored_scopes"
+        )
+    if algo.name == "magnitude_sparsity" and (
+        algo.get("params.sparsity_level_setting_mode", "global") == "global"
+        and algo.get("params.weight_importance") == "abs"
+    ):
+        raise PresetError(
+            "'magnitude_sparsity': params.weight_importance 'abs' with global level "
+            "setting is not available in NNCF 3 (it ranks |w| / ||w|| globally); valid: "
+            "normed_abs, or sparsity_level_setting_mode 'local'"
+        )
+
+
 def check_settings(nncf_config: NNCFConfig) -> None:
     """Refuse settings detcompress cannot carry out before anything heavy runs."""
     from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
@@ -110,20 +129,7 @@ def check_settings(nncf_config: NNCFConfig) -> None:
             PruningSettings.of(algo)
         elif algo.name in SPARSITY_ALGORITHMS:
             SparsitySchedule.of(algo)
-            if algo.target_scopes:
-                raise PresetError(
-                    f"'{algo.name}': target_scopes is not supported with NNCF 3; list what to "
-                    "leave dense in ignored_scopes"
-                )
-            if algo.name == "magnitude_sparsity" and (
-                algo.get("params.sparsity_level_setting_mode", "global") == "global"
-                and algo.get("params.weight_importance") == "abs"
-            ):
-                raise PresetError(
-                    "'magnitude_sparsity': params.weight_importance 'abs' with global level "
-                    "setting is not available in NNCF 3 (it ranks |w| / ||w|| globally); valid: "
-                    "normed_abs, or sparsity_level_setting_mode 'local'"
-                )
+            check_sparsity_settings(algo)
             if algo.name == "rb_sparsity" and algo.get("params.sparsity_freeze_epoch") is not None:
                 raise PresetError(
                     "'rb_sparsity': params.sparsity_freeze_epoch is not supported (NNCF 3's RB "
@@ -255,9 +261,8 @@ def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float)
         count = filter_count(model)
         return count, count
     settings = PruningSettings.of(algo)
-    names = list(tpa.conv_names(model))
-    keep, _ = match_module_scopes(settings.ignored_scopes, names)
     convs = tpa.conv_names(model)
+    keep, _ = match_module_scopes(settings.ignored_scopes, list(convs))
     ignored = [convs[n] for n in keep] + tpa.head_output_convs(model)
     first = tpa.first_conv(model)
     if first is not None and not settings.prune_first_conv:
@@ -369,7 +374,7 @@ def statistics(model: Any, nncf_config: NNCFConfig) -> dict[str, Any]:
         stats["filter_pruning"] = {
             "level": state.pruning_level,
             "target": PruningSchedule.of(algo).target,
-            **{f"{k}": now[k] for k in now},
+            **now,
             **{f"original_{k}": v for k, v in state.original.items()},
             **{
                 f"{k}_ratio": round(now[k] / state.original[k], 4)
@@ -497,7 +502,6 @@ def _quantize(
     from detcompress.compression import nncf_adapter
 
     init_steps, bn_steps = quantization_steps(algo, batch_size)
-    state = state_of(model)
     model, summary = nncf_adapter.quantize(
         model,
         algo,
@@ -506,8 +510,6 @@ def _quantize(
         bn_batches=batches[:bn_steps],
         target_device=nncf_config.target_device,
     )
-    if state is not None:
-        _attach(model, state)  # nncf.quantize returns a copy
     report.lines.append(
         f"quantization: range init on {init_steps} batches, BN adaptation on {bn_steps}"
     )
@@ -560,6 +562,7 @@ def _sparsify(
     from detcompress.compression import nncf_adapter
     from detcompress.compression.schedules import SparsitySchedule
 
+    check_sparsity_settings(algo)
     schedule = SparsitySchedule.of(algo)
     level = schedule.level(0)
     model, summary = nncf_adapter.sparsify(model, algo, level, example)
@@ -620,12 +623,10 @@ def _adapt_bn(
 def model_structure(model: Any) -> dict[str, Any] | None:
     """The compression structure to store in a checkpoint, or None for a plain model."""
     state = state_of(model)
+    from detcompress.compression import nncf_adapter
+
     nncf_structure = None
-    try:
-        from detcompress.compression import nncf_adapter
-    except ImportError:  # filter pruning alone runs without nncf
-        nncf_adapter = None  # type: ignore[assignment]
-    if nncf_adapter is not None and nncf_adapter.is_compressed(model):
+    if nncf_adapter.is_compressed(model):
         nncf_structure = nncf_adapter.compression_structure(model)
     if state is None and nncf_structure is None:
         return None
