@@ -224,3 +224,58 @@ def test_fake_quantizers_act_in_loss_predict_and_tensor_modes(qat_run: dict) -> 
     del plain._forward  # back to mmdet's own SingleStageDetector._forward
     unrouted = _quantizer_calls_per_mode(api._rebuild_compressed(plain, meta, ckpt), batch)
     assert unrouted["tensor"] < unrouted["loss"] == counts["loss"]
+
+
+def test_training_speedups_change_no_result(qat_run: dict) -> None:
+    """What training runs outside NNCF's operation tracing (hook modules, the head's loss and
+    postprocessing) gives the same losses, gradients and predictions, and is undone."""
+    from mmengine.config import Config
+
+    from detcompress import api, detector, training
+    from detcompress.checkpoint import load_checkpoint
+    from detcompress.compression import nncf_adapter
+
+    ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
+    meta = detector.detcompress_meta(ckpt)
+    assert meta is not None
+    cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    batch = training.calibration_batches(cfg, 1)[0]
+    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
+    # Training-mode forwards update batch-norm statistics: every run starts from the same ones.
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run() -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
+        model.load_state_dict(start)
+        model.zero_grad()
+        model.train()
+        losses = model(**model.data_preprocessor(batch, True), mode="loss")
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.eval()
+        with torch.no_grad():
+            data = model.data_preprocessor(batch, False)
+            boxes = [s.pred_instances.bboxes for s in model(**data, mode="predict")]
+        return boxes, {k: v.detach() for k, v in losses.items() if torch.is_tensor(v)}, grads
+
+    def instance_methods() -> set[tuple[int, str]]:
+        names = ("forward", "loss_by_feat", "predict_by_feat")
+        return {(id(m), n) for m in model.modules() for n in names if n in vars(m)}
+
+    traced = run()
+    counts = _quantizer_calls_per_mode(model, batch)
+    before = instance_methods()  # NNCF's own wrapper of the detector's forward
+    retrace = nncf_adapter.trace_only_where_hooked(model)
+    patched = instance_methods() - before
+    # Each distinct quantizer's forward, and the head's loss and postprocessing.
+    assert {n for _, n in patched} == {"forward", "loss_by_feat", "predict_by_feat"}
+    assert len(patched) > counts["tensor"] // 2
+    untraced = run()
+    assert _quantizer_calls_per_mode(model, batch) == counts  # every quantizer still acts
+    retrace()
+    assert instance_methods() == before
+    assert all(torch.equal(a, b) for a, b in zip(traced[0], untraced[0], strict=True))
+    assert traced[1].keys() == untraced[1].keys()
+    assert all(torch.equal(traced[1][k], untraced[1][k]) for k in traced[1])
+    assert len(traced[2]) == len(untraced[2]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(traced[2], untraced[2], strict=True))

@@ -8,6 +8,7 @@ epoch), so a resumed run changes levels at exactly the iterations an uninterrupt
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 from mmengine.hooks import Hook
@@ -41,6 +42,7 @@ class CompressionScheduleHook(Hook):
         )
         self.statistics: dict[str, Any] = {}
         self.rb_loss: Any = None
+        self._retrace: Any = None
 
     @staticmethod
     def epoch(runner: Any, batch_idx: int) -> float:
@@ -56,13 +58,22 @@ class CompressionScheduleHook(Hook):
         return runner.iter / per_epoch
 
     def before_train(self, runner: Any) -> None:
+        model = _unwrap(runner.model)
         if self.sparsity_algo is not None and self.sparsity_algo.name == "rb_sparsity":
-            self._add_rb_loss(_unwrap(runner.model))
+            self._add_rb_loss(model)
+        if "nncf" in sys.modules:  # else nothing can be NNCF-compressed (e.g. filter pruning)
+            from detcompress.compression import nncf_adapter
+
+            if nncf_adapter.is_compressed(model):
+                self._retrace = nncf_adapter.trace_only_where_hooked(model)
 
     def after_train(self, runner: Any) -> None:
         model = _unwrap(runner.model)
         if "loss" in vars(model):  # the RB loss patch: the trained model keeps mmdet's loss
             del model.loss
+        if self._retrace is not None:  # export and the rest see NNCF's model as NNCF made it
+            self._retrace()
+            self._retrace = None
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         model = _unwrap(runner.model)

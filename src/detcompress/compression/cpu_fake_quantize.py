@@ -1,0 +1,179 @@
+"""Fused CPU kernels for NNCF's fake quantization (see fake_quantize_cpu.c for why).
+
+`build_kernels(fallback)` compiles the C file once per user (cached by its hash, a second or
+two with the system C compiler) and returns an object with NNCF's CPU-extension interface,
+`Quantize_forward` / `Quantize_backward`; `nncf_adapter.use_fused_cpu_kernels` installs it. What
+the kernels do not cover (other dtypes, a range varying along more than one axis) goes to
+`fallback`, NNCF's own functions. No compiler: `build_kernels` returns None and NNCF's own
+kernels stay in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).with_name("fake_quantize_cpu.c")
+# -fno-trapping-math lets the compiler turn the backward's selects into vector blends; neither
+# it nor -fno-math-errno changes any result.
+TASK_ELEMENTS = 16384  # TASK in fake_quantize_cpu.c
+COMPILE_FLAGS = [
+    "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_f64p = ctypes.POINTER(ctypes.c_double)
+_i64 = ctypes.c_int64
+_i32 = ctypes.c_int32
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "detcompress" / "kernels"
+
+
+def _compile(source: Path) -> Path | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    digest = hashlib.sha256(source.read_bytes() + " ".join(COMPILE_FLAGS).encode()).hexdigest()
+    library = _cache_dir() / f"fake_quantize_cpu_{digest[:16]}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: concurrent processes (DDP ranks) never load a
+    # half-written library.
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        partial = Path(tmp) / library.name
+        errors = ""
+        # OpenMP: the library then shares torch's own libgomp (same soname, already loaded), so
+        # its threads are torch's. Without OpenMP the kernels run on one thread.
+        for openmp in (["-fopenmp"], []):
+            done = subprocess.run(
+                [compiler, *COMPILE_FLAGS, *openmp, str(source), "-o", str(partial)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode == 0:
+                os.replace(partial, library)
+                return library
+            errors = done.stderr.strip()
+    logger.warning("detcompress: could not compile %s: %s", source, errors)
+    return None
+
+
+def _pointer(tensor: torch.Tensor, kind: Any) -> Any:
+    return ctypes.cast(tensor.data_ptr(), kind)
+
+
+def _layout(
+    input_: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor
+) -> tuple[int, int, int] | None:
+    """(outer, channels, inner) of the input seen as [outer, channels, inner] with one quantizer
+    range per channel, or None when the range is not per-tensor or along one axis. NNCF's low
+    and range always have the same shape (the scale's); anything else goes to the fallback."""
+    shape = tuple(input_range.shape)
+    if tuple(input_low.shape) != shape or len(shape) > input_.dim():
+        return None
+    shape = (1,) * (input_.dim() - len(shape)) + shape
+    axes = [axis for axis, size in enumerate(shape) if size != 1]
+    if not axes:
+        return 1, 1, input_.numel()
+    axis = axes[0]
+    channels = input_.shape[axis]
+    if len(axes) > 1 or shape[axis] != channels:
+        return None
+    outer = math.prod(input_.shape[:axis])
+    return outer, channels, math.prod(input_.shape[axis + 1 :])
+
+
+def _supported(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+class FusedQuantizedFunctions:
+    """NNCF's CPU quantization kernel interface, one fused pass each way."""
+
+    def __init__(self, library: ctypes.CDLL, fallback: Any):
+        self._lib = library
+        self._fallback = fallback
+        library.fq_forward.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _i32, _i32]
+        library.fq_forward.restype = None
+        library.fq_backward.argtypes = [
+            _f32p, _f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _i32, _i32, _i32,
+            _f64p, _f64p, _f64p, _i32,
+        ]  # fmt: skip
+        library.fq_backward.restype = None
+
+    def Quantize_forward(  # NNCF's name
+        self, input_: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor, levels: int
+    ) -> torch.Tensor:
+        layout = _layout(input_, input_low, input_range)
+        if layout is None or not _supported(input_, input_low, input_range):
+            return self._fallback.Quantize_forward(input_, input_low, input_range, levels)
+        x = input_.detach().contiguous()
+        low = input_low.detach().contiguous()
+        range_ = input_range.detach().contiguous()
+        out = torch.empty_like(x)
+        self._lib.fq_forward(
+            _pointer(x, _f32p), _pointer(out, _f32p), *layout,
+            _pointer(low, _f32p), _pointer(range_, _f32p), int(levels), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def Quantize_backward(  # NNCF's name
+        self,
+        grad_output: torch.Tensor,
+        input_: torch.Tensor,
+        input_low: torch.Tensor,
+        input_range: torch.Tensor,
+        levels: int,
+        level_low: int,
+        level_high: int,
+        is_asymmetric: bool,
+    ) -> list[torch.Tensor]:
+        layout = _layout(input_, input_low, input_range)
+        if layout is None or not _supported(grad_output, input_, input_low, input_range):
+            return self._fallback.Quantize_backward(
+                grad_output, input_, input_low, input_range, levels, level_low, level_high,
+                is_asymmetric,
+            )  # fmt: skip
+        outer, channels, inner = layout
+        x = input_.detach().contiguous()
+        grad = grad_output.detach().contiguous()
+        low = input_low.detach().contiguous()
+        range_ = input_range.detach().contiguous()
+        grad_x = torch.empty_like(x)
+        tasks = outer * channels * -(-inner // TASK_ELEMENTS)
+        # One buffer: per-task scratch (2 * tasks), then the range and low sums per channel.
+        sums = torch.empty(2 * tasks + 2 * channels, dtype=torch.float64)
+        self._lib.fq_backward(
+            _pointer(grad, _f32p), _pointer(x, _f32p), _pointer(grad_x, _f32p), *layout,
+            _pointer(low, _f32p), _pointer(range_, _f32p), int(levels), int(level_low),
+            int(level_high), _pointer(sums, _f64p), _pointer(sums[2 * tasks :], _f64p),
+            _pointer(sums[2 * tasks + channels :], _f64p), torch.get_num_threads(),
+        )  # fmt: skip
+        # Shaped like the parameters, as NNCF's sum_like means to (for per-tensor quantizers it
+        # returns a larger shape that autograd then sums down to the parameter's).
+        grad_range = sums[2 * tasks : 2 * tasks + channels].to(input_range.dtype)
+        grad_low = sums[2 * tasks + channels :].to(input_low.dtype)
+        return [grad_x, grad_low.reshape(input_low.shape), grad_range.reshape(input_range.shape)]
+
+
+def build_kernels(fallback: Any) -> FusedQuantizedFunctions | None:
+    library = _compile(SOURCE)
+    if library is None:
+        return None
+    return FusedQuantizedFunctions(ctypes.CDLL(str(library)), fallback)

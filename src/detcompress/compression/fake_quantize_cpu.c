@@ -1,0 +1,136 @@
+/* NNCF's CPU fake quantization (forward and backward) in one pass over memory each.
+ *
+ * Same arithmetic as NNCF's own CPU extension (nncf/torch/extensions/src/quantization/cpu/
+ * functions_cpu.cpp), which runs it as ~25 separate ATen operations, each a full pass over the
+ * activation: on a small detector that made a QAT iteration twice as slow as an FP32 one.
+ * The forward is bit-identical to NNCF's; the backward's per-channel sums are accumulated in
+ * double in a fixed order, so they do not depend on the number of threads.
+ *
+ * Layout: x is contiguous, seen as [outer, channels, inner]; low/range hold one value per
+ * channel (channels == 1 for per-tensor quantizers). Built by cpu_fake_quantize.py with
+ * -O3 -ffp-contract=off (no FMA contraction, which would change the rounding) and without
+ * -ffast-math (the rounding trick below relies on IEEE arithmetic).
+ */
+#include <stdint.h>
+
+/* Round half to even, as at::round: exact for |v| < 2^22 (quantized values are < 2^16). */
+static inline float round_half_even(float v) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    return (v + magic) - magic; /* not folded to v: no -ffast-math */
+}
+
+static inline float quantize_one(float x, float low, float high, float scale, float zero_point) {
+    float v = x > high ? high : x;
+    v = v < low ? low : v;
+    v -= low;
+    v *= scale;
+    v -= zero_point;
+    return round_half_even(v) / scale;
+}
+
+/* Work is split into tasks of at most TASK elements of one channel row, whatever the number
+ * of threads: the backward's sums are taken per task and added in task order afterwards, so they
+ * do not depend on how many threads ran. Small tensors (weights) run on one thread. */
+#define TASK 16384
+#define PARALLEL_MIN 65536
+
+static int64_t tasks_per_row(int64_t inner) { return inner == 0 ? 0 : (inner + TASK - 1) / TASK; }
+
+void fq_forward(const float *x, float *out, int64_t outer, int64_t channels, int64_t inner,
+                const float *low, const float *range, int32_t levels, int32_t threads) {
+    const int64_t per_row = tasks_per_row(inner);
+    const int64_t tasks = outer * channels * per_row;
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if (outer * channels * inner >= PARALLEL_MIN)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t row = t / per_row, c = row % channels;
+        const float lo = low[c];
+        const float hi = lo + range[c];
+        const float scale = (float)(levels - 1) / range[c];
+        const float zero_point = round_half_even(-lo * scale);
+        const int64_t start = row * inner + (t % per_row) * TASK;
+        const int64_t stop = start + TASK < (row + 1) * inner ? start + TASK : (row + 1) * inner;
+        for (int64_t i = start; i < stop; ++i) {
+            out[i] = quantize_one(x[i], lo, hi, scale, zero_point);
+        }
+    }
+}
+
+/* One element of the backward: writes grad_x, returns err * g for the range gradient; the low
+ * gradient is g - grad_x. */
+static inline float backward_one(float xi, float g, float lo, float hi, float scale,
+                                 float zero_point, float reverted_range, float alpha,
+                                 float *grad_x) {
+    float err = (quantize_one(xi, lo, hi, scale, zero_point) - xi) * reverted_range;
+    err = xi > hi ? 1.0f : err;
+    err = xi < lo ? alpha : err;
+    *grad_x = xi > hi ? 0.0f : (xi < lo ? 0.0f : g);
+    return err * g;
+}
+
+/* Within a task, sums run in LANES float lanes over blocks of BLOCK elements (the compiler
+ * vectorizes the lanes: a plain float reduction it may not reorder), then in double. */
+#define LANES 8
+#define BLOCK 512
+
+static void backward_task(const float *grad, const float *x, float *grad_x, int64_t start,
+                          int64_t stop, float lo, float range, int32_t levels, float alpha,
+                          double *range_sum, double *low_sum) {
+    const float hi = lo + range;
+    const float scale = (float)(levels - 1) / range;
+    const float zero_point = round_half_even(-lo * scale);
+    const float reverted_range = 1.0f / range;
+    double range_total = 0.0, low_total = 0.0;
+    for (int64_t block = start; block < stop; block += BLOCK) {
+        const int64_t block_stop = block + BLOCK < stop ? block + BLOCK : stop;
+        float range_lane[LANES] = {0}, low_lane[LANES] = {0};
+        int64_t i = block;
+        for (; i + LANES <= block_stop; i += LANES) {
+            for (int k = 0; k < LANES; ++k) {
+                range_lane[k] += backward_one(x[i + k], grad[i + k], lo, hi, scale, zero_point,
+                                              reverted_range, alpha, &grad_x[i + k]);
+                low_lane[k] += grad[i + k] - grad_x[i + k];
+            }
+        }
+        for (; i < block_stop; ++i) {
+            range_lane[0] += backward_one(x[i], grad[i], lo, hi, scale, zero_point,
+                                          reverted_range, alpha, &grad_x[i]);
+            low_lane[0] += grad[i] - grad_x[i];
+        }
+        for (int k = 0; k < LANES; ++k) {
+            range_total += range_lane[k];
+            low_total += low_lane[k];
+        }
+    }
+    *range_sum = range_total;
+    *low_sum = low_total;
+}
+
+/* partial holds 2 * (number of tasks) doubles of scratch; grad_range_sum / grad_low_sum receive
+ * one sum per channel (NNCF uses grad_low only for asymmetric quantizers). */
+void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer,
+                 int64_t channels, int64_t inner, const float *low, const float *range,
+                 int32_t levels, int32_t level_low, int32_t level_high, double *partial,
+                 double *grad_range_sum, double *grad_low_sum, int32_t threads) {
+    const float alpha = (float)level_low / (float)level_high;
+    const int64_t per_row = tasks_per_row(inner);
+    const int64_t tasks = outer * channels * per_row;
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if (outer * channels * inner >= PARALLEL_MIN)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t row = t / per_row, c = row % channels;
+        const int64_t start = row * inner + (t % per_row) * TASK;
+        const int64_t stop = start + TASK < (row + 1) * inner ? start + TASK : (row + 1) * inner;
+        backward_task(grad, x, grad_x, start, stop, low[c], range[c], levels, alpha, &partial[t],
+                      &partial[tasks + t]);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+        grad_range_sum[c] = 0.0;
+        grad_low_sum[c] = 0.0;
+    }
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t c = (t / per_row) % channels;
+        grad_range_sum[c] += partial[t];
+        grad_low_sum[c] += partial[tasks + t];
+    }
+}
