@@ -14,7 +14,7 @@ import importlib
 import os
 import re
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from nncf.quantization.advanced_parameters import (
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from nncf.torch.function_hook.wrapper import get_hook_storage
 
+from detcompress.compression.scopes import match_scopes
 from detcompress.presets import Algorithm, Quantization, QuantizerSettings
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
@@ -40,7 +41,6 @@ RANGE_ESTIMATORS = {
     "threshold": None,
     "mixed_min_max": None,
 }
-REGEX_PREFIX = "{re}"  # NNCF 2's marker of a regular-expression scope
 
 
 @dataclass
@@ -77,23 +77,6 @@ def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> lis
     """Operation names of the traced model, as `ignored_scopes` must spell them."""
     graph = nncf.build_graph(model, example_input=example_input)
     return [node.node_name for node in graph.get_all_nodes()]
-
-
-def match_scopes(scopes: Iterable[str], names: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """NNCF 2 scopes (names, or regexes prefixed with {re}) against operation names."""
-    matched: dict[str, list[str]] = {}
-    unmatched: list[str] = []
-    for scope in scopes:
-        if scope.startswith(REGEX_PREFIX):
-            pattern = re.compile(scope[len(REGEX_PREFIX) :])
-            hits = [n for n in names if pattern.search(n)]
-        else:
-            hits = [n for n in names if n == scope]
-        if hits:
-            matched[scope] = hits
-        else:
-            unmatched.append(scope)
-    return matched, unmatched
 
 
 def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from detcompress.compression.scopes import match_scopes
 from detcompress.errors import DetcompressError, PresetError
 from detcompress.presets import Algorithm, NNCFConfig, Quantization
 
@@ -31,7 +31,6 @@ ORDER = {"filter_pruning": 0, "magnitude_sparsity": 1, "rb_sparsity": 1, "quanti
 SPARSITY_ALGORITHMS = ("magnitude_sparsity", "rb_sparsity")
 STRUCTURE_FORMAT = 2
 STATE_ATTRIBUTE = "_detcompress_compression"
-REGEX_PREFIX = "{re}"  # NNCF 2's marker of a regular-expression scope
 
 
 @dataclass
@@ -229,22 +228,6 @@ class PruningSettings:
         )
 
 
-def match_module_scopes(scopes: tuple[str, ...], names: list[str]) -> tuple[set[str], list[str]]:
-    """Module names matched by scopes (exact names or {re}regexes), and scopes matching none."""
-    matched: set[str] = set()
-    unmatched: list[str] = []
-    for scope in scopes:
-        if scope.startswith(REGEX_PREFIX):
-            pattern = re.compile(scope[len(REGEX_PREFIX) :])
-            hits = {n for n in names if pattern.search(n)}
-        else:
-            hits = {n for n in names if n == scope or n.startswith(scope + ".")}
-        matched |= hits
-        if not hits:
-            unmatched.append(scope)
-    return matched, unmatched
-
-
 def progressive_pruning(nncf_config: NNCFConfig) -> bool:
     """Filters are removed step by step during training only when filter pruning is the only
     algorithm: quantizers and sparsity masks are shaped after the filters, so combined with
@@ -262,8 +245,9 @@ def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float)
         return count, count
     settings = PruningSettings.of(algo)
     convs = tpa.conv_names(model)
-    keep, _ = match_module_scopes(settings.ignored_scopes, list(convs))
-    ignored = [convs[n] for n in keep] + tpa.head_output_convs(model)
+    matched, _ = match_scopes(settings.ignored_scopes, list(convs), submodules=True)
+    keep = {name for names in matched.values() for name in names}
+    ignored = [convs[n] for n in sorted(keep)] + head_output_convs(model)
     first = tpa.first_conv(model)
     if first is not None and not settings.prune_first_conv:
         ignored.append(first)
@@ -292,19 +276,33 @@ def _device_of(model: Any) -> torch.device:
 # Size statistics (plain torch, so they work on NNCF-wrapped models as well)
 
 
+def head_output_convs(model: Any) -> list[torch.nn.Conv2d]:
+    """The head's final class / box / objectness convolutions: the plain `nn.Conv2d`s of
+    `bbox_head` that are not inside a ConvModule (pruning them would change the class count or
+    the box encoding)."""
+    from mmcv.cnn import ConvModule
+    from torch import nn
+
+    head = getattr(model, "bbox_head", None)
+    if head is None:
+        return []
+    inside_conv_module = {
+        id(conv)
+        for module in head.modules()
+        if isinstance(module, ConvModule)
+        for conv in module.modules()
+        if isinstance(conv, nn.Conv2d)
+    }
+    return [
+        m for m in head.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside_conv_module
+    ]
+
+
 def filter_count(model: Any) -> int:
     """Output channels of all convolutions except the head's output layers."""
     from torch import nn
 
-    head_outputs: set[int] = set()
-    head = getattr(model, "bbox_head", None)
-    if head is not None:
-        try:
-            from detcompress.compression.torch_pruning_adapter import head_output_convs
-
-            head_outputs = {id(m) for m in head_output_convs(model)}
-        except ImportError:  # torch-pruning missing: count every convolution
-            head_outputs = set()
+    head_outputs = {id(m) for m in head_output_convs(model)}
     return sum(
         m.out_channels
         for m in model.modules()
@@ -530,7 +528,9 @@ def _prune_filters(
 
     schedule = PruningSchedule.of(algo)
     settings = PruningSettings.of(algo)
-    _, unmatched = match_module_scopes(settings.ignored_scopes, list(tpa.conv_names(model)))
+    _, unmatched = match_scopes(
+        settings.ignored_scopes, list(tpa.conv_names(model)), submodules=True
+    )
     for scope in unmatched:
         report.lines.append(
             f"warning: filter_pruning ignored scope '{scope}' matched no convolution; names "

@@ -37,27 +37,6 @@ def _tensor_forward(model: nn.Module, inputs: torch.Tensor) -> Any:
     return model(inputs, mode="tensor")
 
 
-def head_output_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """The head's final class / box / objectness convolutions: the plain `nn.Conv2d`s of
-    `bbox_head` that are not inside a ConvModule (pruning them would change the class count or
-    the box encoding)."""
-    from mmcv.cnn import ConvModule
-
-    head = getattr(model, "bbox_head", None)
-    if head is None:
-        return []
-    inside_conv_module = {
-        id(conv)
-        for module in head.modules()
-        if isinstance(module, ConvModule)
-        for conv in module.modules()
-        if isinstance(conv, nn.Conv2d)
-    }
-    return [
-        m for m in head.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside_conv_module
-    ]
-
-
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     """The convolution the image enters (NNCF 2 leaves it unpruned unless `prune_first_conv`)."""
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
