@@ -38,6 +38,28 @@ def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ws
 
 
+@pytest.fixture(scope="session")
+def tiny_fp32(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """FP32 fine-tuning of the tiny demo for 2 iterations through the CLI; its `--json` report
+    (`checkpoint`, metrics of the last validation). Shared by several modules: read only."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from detcompress.cli import app
+
+    base = tmp_path_factory.mktemp("tiny_fp32")
+    report = base / "fp32.json"
+    result = CliRunner().invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--max-iters", "2",
+         "--work-dir", str(base / "fp32"), "--json", str(report)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
 RELOAD = """
 import sys, torch
 from detcompress.loading import load_detector

@@ -28,19 +28,19 @@ def _compress(config: Path, work_dir: Path, *extra: str) -> tuple[Any, dict]:
 
 
 @pytest.fixture(scope="module")
-def qat_run(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def qat_run(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
     """4 QAT iterations from an FP32 checkpoint, checkpoints at iterations 2 and 4."""
     base = tmp_path_factory.mktemp("qat")
     config = tiny_workspace / "configs" / "demo.py"
-    fp32, fp32_data = _compress(config, base / "fp32", "--max-iters", "2")
-    assert fp32.exit_code == 0, fp32.output
     result, data = _compress(
-        config, base / "qat", "--preset", "int8", "--load-from", fp32_data["checkpoint"],
+        config, base / "qat", "--preset", "int8", "--load-from", tiny_fp32["checkpoint"],
         "--max-iters", "4", "--cfg-options", *FAST_INIT, "default_hooks.checkpoint.interval=2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return {"base": base, "config": config, "data": data, "output": result.output,
-            "fp32": fp32_data["checkpoint"]}  # fmt: skip
+            "fp32": tiny_fp32["checkpoint"]}  # fmt: skip
 
 
 def test_qat_reports_quantizers_and_writes_compressed_checkpoint(qat_run: dict) -> None:
@@ -126,6 +126,32 @@ def test_unmatched_ignored_scope_is_listed(qat_run: dict) -> None:
     assert ignored["ignored_matched"]["{re}bbox_head/.*"] > 0
     full = qat_run["data"]["compression"]["quantization"]
     assert ignored["activation_quantizers"] < full["activation_quantizers"]
+
+
+def test_target_scopes_limit_quantization_to_their_operations(qat_run: dict) -> None:
+    result, data = _compress(
+        qat_run["config"], qat_run["base"] / "target", "--preset", "int8", "--load-from",
+        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
+        "nncf_config.compression.target_scopes=['{re}^bbox_head/', 'neck/nowhere']",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "target scope 'neck/nowhere' matched nothing" in result.output
+    target = data["compression"]["quantization"]
+    assert target["target_unmatched"] == ["neck/nowhere"]
+    assert target["target_matched"]["{re}^bbox_head/"] > 0
+    full = qat_run["data"]["compression"]["quantization"]
+    # The head's convolutions only: 3 levels x (2 stacked convs x 2 branches + 3 outputs).
+    assert target["weight_quantizers"] == 21 < full["weight_quantizers"]
+    nothing, _ = _compress(
+        qat_run["config"], qat_run["base"] / "target_none", "--preset", "int8", "--load-from",
+        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
+        "nncf_config.compression.target_scopes=['neck/nowhere']",
+    )  # fmt: skip
+    assert nothing.exit_code == 2
+    # One error line (after pycocotools' prints: the names are known once the model is traced).
+    errors = [line for line in nothing.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "matched no operation" in errors[0]
+    assert nothing.output.strip().splitlines()[-1] == errors[0]
 
 
 def test_truncated_checkpoint_is_a_clear_error(qat_run: dict, tmp_path: Path) -> None:

@@ -23,13 +23,13 @@ def _invoke(*args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def checkpoints(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """An FP32 checkpoint (2 iterations) and its post-training int8 quantization."""
     base = tmp_path_factory.mktemp("export")
     config = tiny_workspace / "configs" / "demo.py"
-    fp32 = _invoke("compress", config, "--max-iters", "2", "--work-dir", base / "fp32")
-    assert fp32.exit_code == 0, fp32.output
-    fp32_ckpt = base / "fp32" / "iter_2.pth"
+    fp32_ckpt = Path(tiny_fp32["checkpoint"])
     int8 = _invoke(
         "compress", config, "--preset", "int8", "--max-iters", "0", "--load-from", fp32_ckpt,
         "--work-dir", base / "int8", "--cfg-options", *FAST_INIT,

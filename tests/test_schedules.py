@@ -134,15 +134,22 @@ def test_impossible_schedules_are_clear_errors(compression: dict, expected: str)
 
 
 @pytest.mark.parametrize(
-    ("option", "expected"),
+    ("preset", "option", "expected"),
     [
-        ("nncf_config.compression.params.pruning_target=1.5", "pruning_target' is 1.5"),
-        ("nncf_config.compression.params.schedule=cosine", "valid: baseline, exponential"),
-        ("nncf_config.compression.params.pruning_flops_target=0.5", "pruning_flops_target"),
+        ("filter_pruning", "nncf_config.compression.params.pruning_target=1.5",
+         "pruning_target' is 1.5"),
+        ("filter_pruning", "nncf_config.compression.params.schedule=cosine",
+         "valid: baseline, exponential"),
+        ("filter_pruning", "nncf_config.compression.params.pruning_flops_target=0.5",
+         "pruning_flops_target"),
+        ("int8", "nncf_config.compression.weights.ignored_scopes=['{re}.*']",
+         "'quantization': weights.ignored_scopes is not supported with NNCF 3"),
+        ("int8", "nncf_config.compression.activations.target_scopes=['{re}.*']",
+         "activations.target_scopes is not supported"),
     ],
-)
-def test_bad_pruning_settings_fail_before_anything_runs(
-    tiny_workspace: Path, tmp_path: Path, option: str, expected: str
+)  # fmt: skip
+def test_bad_settings_fail_before_anything_runs(
+    tiny_workspace: Path, tmp_path: Path, preset: str, option: str, expected: str
 ) -> None:
     result = runner.invoke(
         app,
@@ -150,7 +157,7 @@ def test_bad_pruning_settings_fail_before_anything_runs(
             "compress",
             str(tiny_workspace / "configs" / "demo.py"),
             "--preset",
-            "filter_pruning",
+            preset,
             "--work-dir",
             str(tmp_path / "w"),
             "--cfg-options",

@@ -69,11 +69,12 @@ def _measured_sparsity(checkpoint: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("sparsity_pruning")
     config = tiny_workspace / "configs" / "demo.py"
-    _, fp32 = _compress(config, base / "fp32", "--max-iters", "2")
-    return {"base": base, "config": config, "fp32": fp32["checkpoint"]}
+    return {"base": base, "config": config, "fp32": tiny_fp32["checkpoint"]}
 
 
 @pytest.fixture(scope="module")

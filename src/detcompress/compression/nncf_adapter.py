@@ -30,6 +30,7 @@ from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from nncf.torch.function_hook.wrapper import get_hook_storage
 
 from detcompress.compression.scopes import match_scopes
+from detcompress.errors import PresetError
 from detcompress.presets import Algorithm, Quantization, QuantizerSettings
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
@@ -43,25 +44,34 @@ RANGE_ESTIMATORS = {
 }
 
 
+OPERATION_NAMES = (
+    "operation names look like 'backbone/stem/conv/conv/conv2d/0' ({re}-prefixed scopes are "
+    "regexes)"
+)
+
+
 @dataclass
 class QuantizationSummary:
     weight_quantizers: int = 0
     activation_quantizers: int = 0
     ignored_matched: dict[str, list[str]] = field(default_factory=dict)
     ignored_unmatched: list[str] = field(default_factory=list)
+    target_matched: dict[str, list[str]] = field(default_factory=dict)
+    target_unmatched: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [
             f"quantizers: {self.weight_quantizers} on weights, "
             f"{self.activation_quantizers} on activations"
         ]
-        for scope, nodes in self.ignored_matched.items():
-            out.append(f"ignored scope '{scope}' matched {len(nodes)} operations")
-        for scope in self.ignored_unmatched:
-            out.append(
-                f"warning: ignored scope '{scope}' matched nothing; operation names look like "
-                "'backbone/stem/conv/conv/conv2d/0' ({re}-prefixed scopes are regexes)"
-            )
+        for kind, matched, unmatched in (
+            ("ignored", self.ignored_matched, self.ignored_unmatched),
+            ("target", self.target_matched, self.target_unmatched),
+        ):
+            for scope, nodes in matched.items():
+                out.append(f"{kind} scope '{scope}' matched {len(nodes)} operations")
+            for scope in unmatched:
+                out.append(f"warning: {kind} scope '{scope}' matched nothing; {OPERATION_NAMES}")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +80,8 @@ class QuantizationSummary:
             "activation_quantizers": self.activation_quantizers,
             "ignored_matched": {k: len(v) for k, v in self.ignored_matched.items()},
             "ignored_unmatched": list(self.ignored_unmatched),
+            "target_matched": {k: len(v) for k, v in self.target_matched.items()},
+            "target_unmatched": list(self.target_unmatched),
         }
 
 
@@ -170,9 +182,19 @@ def quantize(
     )
     matched, unmatched = match_scopes(ignored, names)
     summary = QuantizationSummary(ignored_matched=matched, ignored_unmatched=unmatched)
-    ignored_scope = nncf.IgnoredScope(
-        names=sorted({n for hits in matched.values() for n in hits}), validate=False
-    )
+    ignored_names = {n for hits in matched.values() for n in hits}
+    if algo.target_scopes:
+        # NNCF 3 has no target scope: every operation outside the targets is ignored instead.
+        targets, target_unmatched = match_scopes(algo.target_scopes, names)
+        if not targets:
+            raise PresetError(
+                f"quantization target_scopes {list(algo.target_scopes)} matched no operation; "
+                + OPERATION_NAMES
+            )
+        summary.target_matched, summary.target_unmatched = targets, target_unmatched
+        targeted = {n for hits in targets.values() for n in hits}
+        ignored_names |= set(names) - targeted
+    ignored_scope = nncf.IgnoredScope(names=sorted(ignored_names), validate=False)
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=_quantizer_params(algo.weights),
         activations_quantization_params=_quantizer_params(algo.activations),
@@ -287,11 +309,7 @@ def sparsify(
         )
         set_sparsity_level(model, algo, level)
     lines = [f"ignored scope '{s}' matched {len(h)} operations" for s, h in matched.items()]
-    lines += [
-        f"warning: ignored scope '{s}' matched nothing; operation names look like "
-        "'backbone/stem/conv/conv/conv2d/0' ({re}-prefixed scopes are regexes)"
-        for s in unmatched
-    ]
+    lines += [f"warning: ignored scope '{s}' matched nothing; {OPERATION_NAMES}" for s in unmatched]
     stats = sparsity_statistics(model)
     return model, {**stats, "ignored_unmatched": unmatched, "lines": lines}
 

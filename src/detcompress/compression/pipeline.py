@@ -118,12 +118,29 @@ def check_sparsity_settings(algo: Algorithm) -> None:
         )
 
 
+# NNCF 2 keys that NNCF 3's IgnoredScope (per operation, not per quantizer) cannot express.
+QUANTIZER_SCOPES_NOT_IN_NNCF3 = (
+    "weights.ignored_scopes",
+    "weights.target_scopes",
+    "activations.target_scopes",
+)
+
+
 def check_settings(nncf_config: NNCFConfig) -> None:
     """Refuse settings detcompress cannot carry out before anything heavy runs."""
     from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
 
     for algo in nncf_config.algorithms:
-        if algo.name == "filter_pruning":
+        if algo.name == "quantization":
+            for key in QUANTIZER_SCOPES_NOT_IN_NNCF3:
+                if algo.get(key):
+                    raise PresetError(
+                        f"'quantization': {key} is not supported with NNCF 3, whose ignored "
+                        "scope removes every quantizer of an operation (its weights and "
+                        "inputs alike); valid: ignored_scopes / target_scopes of the algorithm "
+                        "(activations.ignored_scopes acts the same as ignored_scopes)"
+                    )
+        elif algo.name == "filter_pruning":
             PruningSchedule.of(algo)
             PruningSettings.of(algo)
         elif algo.name in SPARSITY_ALGORITHMS:
