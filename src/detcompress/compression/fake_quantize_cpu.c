@@ -36,6 +36,15 @@ static inline float quantize_one(float x, float low, float high, float scale, fl
 
 static int64_t tasks_per_row(int64_t inner) { return inner == 0 ? 0 : (inner + TASK - 1) / TASK; }
 
+/* Elements [*start, *stop) and the channel of task t. */
+static int64_t task_bounds(int64_t t, int64_t per_row, int64_t channels, int64_t inner,
+                           int64_t *start, int64_t *stop) {
+    const int64_t row = t / per_row;
+    *start = row * inner + (t % per_row) * TASK;
+    *stop = *start + TASK < (row + 1) * inner ? *start + TASK : (row + 1) * inner;
+    return row % channels;
+}
+
 void fq_forward(const float *x, float *out, int64_t outer, int64_t channels, int64_t inner,
                 const float *low, const float *range, int32_t levels, int32_t threads) {
     const int64_t per_row = tasks_per_row(inner);
@@ -43,13 +52,12 @@ void fq_forward(const float *x, float *out, int64_t outer, int64_t channels, int
 #pragma omp parallel for schedule(static) num_threads(threads) \
     if (outer * channels * inner >= PARALLEL_MIN)
     for (int64_t t = 0; t < tasks; ++t) {
-        const int64_t row = t / per_row, c = row % channels;
+        int64_t start, stop;
+        const int64_t c = task_bounds(t, per_row, channels, inner, &start, &stop);
         const float lo = low[c];
         const float hi = lo + range[c];
         const float scale = (float)(levels - 1) / range[c];
         const float zero_point = round_half_even(-lo * scale);
-        const int64_t start = row * inner + (t % per_row) * TASK;
-        const int64_t stop = start + TASK < (row + 1) * inner ? start + TASK : (row + 1) * inner;
         for (int64_t i = start; i < stop; ++i) {
             out[i] = quantize_one(x[i], lo, hi, scale, zero_point);
         }
@@ -118,9 +126,8 @@ void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer
 #pragma omp parallel for schedule(static) num_threads(threads) \
     if (outer * channels * inner >= PARALLEL_MIN)
     for (int64_t t = 0; t < tasks; ++t) {
-        const int64_t row = t / per_row, c = row % channels;
-        const int64_t start = row * inner + (t % per_row) * TASK;
-        const int64_t stop = start + TASK < (row + 1) * inner ? start + TASK : (row + 1) * inner;
+        int64_t start, stop;
+        const int64_t c = task_bounds(t, per_row, channels, inner, &start, &stop);
         backward_task(grad, x, grad_x, start, stop, low[c], range[c], levels, alpha, &partial[t],
                       &partial[tasks + t]);
     }
