@@ -88,7 +88,9 @@ def test_forward_is_bit_identical_and_backward_matches(kernels: Any, case: tuple
     x, low, range_ = _inputs(shape, range_shape, asymmetric)
     calls = NNCFArithmetic.calls
     expected = NNCFArithmetic.Quantize_forward(x, low, range_, levels)
-    assert torch.equal(kernels.Quantize_forward(x, low, range_, levels), expected)
+    got_forward = kernels.Quantize_forward(x, low, range_, levels)
+    assert torch.equal(got_forward, expected)
+    assert torch.equal(got_forward.signbit(), expected.signbit())  # -0.0 stays -0.0
 
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     args = (grad, x, low, range_, levels, level_low, level_high, asymmetric)
@@ -129,6 +131,20 @@ def test_what_the_kernels_do_not_cover_goes_to_the_fallback(kernels: Any) -> Non
     range2 = range_.expand(2, 4, 1, 1).clone() + torch.arange(2.0).view(2, 1, 1, 1)
     kernels.Quantize_forward(x, low2, range2, 256)
     assert NNCFArithmetic.calls == calls + 4  # the backward recomputes the forward
+
+
+def test_kernels_that_cannot_be_built_leave_nncfs_in_place(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert cpu_fake_quantize.build_kernels(fallback=NNCFArithmetic) is None
+    monkeypatch.setenv("CC", "cc")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "detcompress").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert cpu_fake_quantize.build_kernels(fallback=NNCFArithmetic) is None
 
 
 def test_nncf_quantizers_run_the_fused_kernels() -> None:

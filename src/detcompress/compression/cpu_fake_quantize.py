@@ -3,9 +3,9 @@
 `build_kernels(fallback)` compiles the C file once per user (cached by its hash, a second or
 two with the system C compiler) and returns an object with NNCF's CPU-extension interface,
 `Quantize_forward` / `Quantize_backward`; `nncf_adapter.use_fused_cpu_kernels` installs it. What
-the kernels do not cover (other dtypes, a range varying along more than one axis) goes to
-`fallback`, NNCF's own functions. No compiler: `build_kernels` returns None and NNCF's own
-kernels stay in place.
+the kernels do not cover (other dtypes and layouts, a range varying along more than one axis)
+goes to `fallback`. When the library cannot be built or loaded (no compiler, no writable cache,
+a noexec cache), `build_kernels` warns and returns None.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 SOURCE = Path(__file__).with_name("fake_quantize_cpu.c")
 # -fno-trapping-math lets the compiler turn the backward's selects into vector blends; neither
 # it nor -fno-math-errno changes any result.
-TASK_ELEMENTS = 16384  # TASK in fake_quantize_cpu.c
 COMPILE_FLAGS = [
-    "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+    "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+    "-fno-trapping-math",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def _compile(source: Path) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    digest = hashlib.sha256(source.read_bytes() + " ".join(COMPILE_FLAGS).encode()).hexdigest()
+    key = f"{compiler} {' '.join(COMPILE_FLAGS)}".encode()
+    digest = hashlib.sha256(source.read_bytes() + key).hexdigest()
     library = _cache_dir() / f"fake_quantize_cpu_{digest[:16]}.so"
     if library.exists():
         return library
@@ -65,6 +66,7 @@ def _compile(source: Path) -> Path | None:
                 [compiler, *COMPILE_FLAGS, *openmp, str(source), "-o", str(partial)],
                 capture_output=True,
                 text=True,
+                timeout=300,
             )
             if done.returncode == 0:
                 os.replace(partial, library)
@@ -100,7 +102,10 @@ def _layout(
 
 
 def _supported(*tensors: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
+        for t in tensors
+    )
 
 
 class FusedQuantizedFunctions:
@@ -116,6 +121,8 @@ class FusedQuantizedFunctions:
             _f64p, _f64p, _f64p, _i32,
         ]  # fmt: skip
         library.fq_backward.restype = None
+        library.fq_task_elements.restype = _i64
+        self._task_elements = int(library.fq_task_elements())
 
     def Quantize_forward(  # NNCF's name
         self, input_: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor, levels: int
@@ -156,7 +163,7 @@ class FusedQuantizedFunctions:
         low = input_low.detach().contiguous()
         range_ = input_range.detach().contiguous()
         grad_x = torch.empty_like(x)
-        tasks = outer * channels * -(-inner // TASK_ELEMENTS)
+        tasks = outer * channels * -(-inner // self._task_elements)
         # One buffer: per-task scratch (2 * tasks), then the range and low sums per channel.
         sums = torch.empty(2 * tasks + 2 * channels, dtype=torch.float64)
         self._lib.fq_backward(
@@ -173,7 +180,11 @@ class FusedQuantizedFunctions:
 
 
 def build_kernels(fallback: Any) -> FusedQuantizedFunctions | None:
-    library = _compile(SOURCE)
-    if library is None:
+    try:
+        library = _compile(SOURCE)
+        if library is None:
+            return None
+        return FusedQuantizedFunctions(ctypes.CDLL(str(library)), fallback)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        logger.warning("detcompress: fused CPU kernels unavailable (%s); NNCF's are used", error)
         return None
-    return FusedQuantizedFunctions(ctypes.CDLL(str(library)), fallback)

@@ -11,12 +11,14 @@
  * -O3 -ffp-contract=off (no FMA contraction, which would change the rounding) and without
  * -ffast-math (the rounding trick below relies on IEEE arithmetic).
  */
+#include <math.h>
 #include <stdint.h>
 
-/* Round half to even, as at::round: exact for |v| < 2^22 (quantized values are < 2^16). */
+/* Round half to even, as at::round: exact for |v| < 2^22 (quantized values are < 2^16);
+ * copysignf keeps the sign of a value rounded to zero (-0.3 -> -0.0, as at::round). */
 static inline float round_half_even(float v) {
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    return (v + magic) - magic; /* not folded to v: no -ffast-math */
+    return copysignf((v + magic) - magic, v); /* not folded to v: no -ffast-math */
 }
 
 static inline float quantize_one(float x, float low, float high, float scale, float zero_point) {
@@ -33,6 +35,9 @@ static inline float quantize_one(float x, float low, float high, float scale, fl
  * do not depend on how many threads ran. Small tensors (weights) run on one thread. */
 #define TASK 16384
 #define PARALLEL_MIN 65536
+
+/* The Python side sizes the backward's scratch from this. */
+int64_t fq_task_elements(void) { return TASK; }
 
 static int64_t tasks_per_row(int64_t inner) { return inner == 0 ? 0 : (inner + TASK - 1) / TASK; }
 

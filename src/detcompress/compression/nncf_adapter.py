@@ -86,9 +86,17 @@ class QuantizationSummary:
 
 
 def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Operation names of the traced model, as `ignored_scopes` must spell them."""
+    """Operation names of the traced model, as `ignored_scopes` must spell them: no inputs,
+    outputs or constants (`nncf_model_*` nodes), nor operations inside NNCF's own hook modules
+    (sparsity masks applied before quantization), which scopes must not count as matches."""
     graph = nncf.build_graph(model, example_input=example_input)
-    return [node.node_name for node in graph.get_all_nodes()]
+    return [
+        node.node_name
+        for node in graph.get_all_nodes()
+        if not node.node_type.startswith("nncf_model_")
+        and "pre_hook__" not in node.node_name
+        and "post_hook__" not in node.node_name
+    ]
 
 
 def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
@@ -103,8 +111,10 @@ def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
 def use_fused_cpu_kernels() -> bool:
     """Make NNCF's fake quantizers run detcompress's fused CPU kernels (cpu_fake_quantize): same
     forward bit for bit, the backward in one pass instead of ~25 ATen operations. NNCF's own
-    kernels stay for CUDA, for other dtypes, with `DETCOMPRESS_NNCF_KERNELS=nncf`, and where no C
-    compiler is found. Idempotent; returns whether the fused kernels are in use."""
+    kernels stay for CUDA, with `DETCOMPRESS_NNCF_KERNELS=nncf`, and where the fused ones cannot
+    be built or loaded (no C compiler, no writable cache). CPU cases the fused kernels do not
+    cover (half precision, float64, a range varying along two axes) run NNCF's torch reference
+    functions. Idempotent; returns whether the fused kernels are in use."""
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.reference import ReferenceQuantizedFunctions
 
@@ -143,12 +153,18 @@ def trace_only_where_hooked(model: torch.nn.Module) -> Callable[[], None]:
 
         return call
 
+    from mmdet.models.detectors import SingleStageDetector
+
     patched: list[tuple[torch.nn.Module, str]] = []
     targets = {(id(m), "forward"): (m, "forward") for _, m in get_hook_storage(model).named_hooks()}
-    for module in model.modules():
+    # Single-stage heads only: there the traced (tensor-mode) graph ends at the head's outputs.
+    # A two-stage detector's tensor mode runs the RPN's predict_by_feat, whose operations are
+    # part of the graph NNCF quantized.
+    head = getattr(model, "bbox_head", None)
+    if isinstance(model, SingleStageDetector) and head is not None:
         for name in ("loss_by_feat", "predict_by_feat"):
-            if callable(getattr(type(module), name, None)):
-                targets[id(module), name] = (module, name)
+            if callable(getattr(type(head), name, None)):
+                targets[id(head), name] = (head, name)
     for module, name in targets.values():
         if name in vars(module):
             continue  # already patched (by us or by someone else): leave it
