@@ -113,10 +113,17 @@ def test_compressed_checkpoint_with_other_nncf_config_is_refused(qat_run: dict) 
     assert not (qat_run["base"] / "other").exists()
 
 
+def _ptq_with(qat_run: dict, name: str, option: str) -> tuple[Any, dict]:
+    """int8 PTQ of the FP32 checkpoint with one more --cfg-options entry."""
+    return _compress(
+        qat_run["config"], qat_run["base"] / name, "--preset", "int8", "--load-from",
+        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT, option,
+    )  # fmt: skip
+
+
 def test_unmatched_ignored_scope_is_listed(qat_run: dict) -> None:
-    result, data = _compress(
-        qat_run["config"], qat_run["base"] / "ignored", "--preset", "int8", "--load-from",
-        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
+    result, data = _ptq_with(
+        qat_run, "ignored",
         "nncf_config.compression.ignored_scopes=['{re}bbox_head/.*', 'backbone/nowhere/conv2d/0']",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -129,9 +136,8 @@ def test_unmatched_ignored_scope_is_listed(qat_run: dict) -> None:
 
 
 def test_target_scopes_limit_quantization_to_their_operations(qat_run: dict) -> None:
-    result, data = _compress(
-        qat_run["config"], qat_run["base"] / "target", "--preset", "int8", "--load-from",
-        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
+    result, data = _ptq_with(
+        qat_run, "target",
         "nncf_config.compression.target_scopes=['{re}^bbox_head/', 'neck/nowhere']",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -142,11 +148,9 @@ def test_target_scopes_limit_quantization_to_their_operations(qat_run: dict) -> 
     full = qat_run["data"]["compression"]["quantization"]
     # The head's convolutions only: 3 levels x (2 stacked convs x 2 branches + 3 outputs).
     assert target["weight_quantizers"] == 21 < full["weight_quantizers"]
-    nothing, _ = _compress(
-        qat_run["config"], qat_run["base"] / "target_none", "--preset", "int8", "--load-from",
-        qat_run["fp32"], "--max-iters", "0", "--cfg-options", *FAST_INIT,
-        "nncf_config.compression.target_scopes=['neck/nowhere']",
-    )  # fmt: skip
+    nothing, _ = _ptq_with(
+        qat_run, "target_none", "nncf_config.compression.target_scopes=['neck/nowhere']"
+    )
     assert nothing.exit_code == 2
     # One error line (after pycocotools' prints: the names are known once the model is traced).
     errors = [line for line in nothing.output.splitlines() if line.startswith("error:")]

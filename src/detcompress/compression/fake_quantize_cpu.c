@@ -21,13 +21,27 @@ static inline float round_half_even(float v) {
     return copysignf((v + magic) - magic, v); /* not folded to v: no -ffast-math */
 }
 
-static inline float quantize_one(float x, float low, float high, float scale, float zero_point) {
-    float v = x > high ? high : x;
-    v = v < low ? low : v;
-    v -= low;
-    v *= scale;
-    v -= zero_point;
-    return round_half_even(v) / scale;
+/* What NNCF derives from a channel's (low, range), in NNCF's order of operations. */
+struct quantizer_range {
+    float lo, hi, scale, zero_point;
+};
+
+static inline struct quantizer_range range_of(float lo, float range, int32_t levels) {
+    struct quantizer_range r;
+    r.lo = lo;
+    r.hi = lo + range;
+    r.scale = (float)(levels - 1) / range;
+    r.zero_point = round_half_even(-lo * r.scale);
+    return r;
+}
+
+static inline float quantize_one(float x, struct quantizer_range r) {
+    float v = x > r.hi ? r.hi : x;
+    v = v < r.lo ? r.lo : v;
+    v -= r.lo;
+    v *= r.scale;
+    v -= r.zero_point;
+    return round_half_even(v) / r.scale;
 }
 
 /* Work is split into tasks of at most TASK elements of one channel row, whatever the number
@@ -59,25 +73,21 @@ void fq_forward(const float *x, float *out, int64_t outer, int64_t channels, int
     for (int64_t t = 0; t < tasks; ++t) {
         int64_t start, stop;
         const int64_t c = task_bounds(t, per_row, channels, inner, &start, &stop);
-        const float lo = low[c];
-        const float hi = lo + range[c];
-        const float scale = (float)(levels - 1) / range[c];
-        const float zero_point = round_half_even(-lo * scale);
+        const struct quantizer_range r = range_of(low[c], range[c], levels);
         for (int64_t i = start; i < stop; ++i) {
-            out[i] = quantize_one(x[i], lo, hi, scale, zero_point);
+            out[i] = quantize_one(x[i], r);
         }
     }
 }
 
 /* One element of the backward: writes grad_x, returns err * g for the range gradient; the low
  * gradient is g - grad_x. */
-static inline float backward_one(float xi, float g, float lo, float hi, float scale,
-                                 float zero_point, float reverted_range, float alpha,
-                                 float *grad_x) {
-    float err = (quantize_one(xi, lo, hi, scale, zero_point) - xi) * reverted_range;
-    err = xi > hi ? 1.0f : err;
-    err = xi < lo ? alpha : err;
-    *grad_x = xi > hi ? 0.0f : (xi < lo ? 0.0f : g);
+static inline float backward_one(float xi, float g, struct quantizer_range r,
+                                 float reverted_range, float alpha, float *grad_x) {
+    float err = (quantize_one(xi, r) - xi) * reverted_range;
+    err = xi > r.hi ? 1.0f : err;
+    err = xi < r.lo ? alpha : err;
+    *grad_x = xi > r.hi ? 0.0f : (xi < r.lo ? 0.0f : g);
     return err * g;
 }
 
@@ -89,9 +99,7 @@ static inline float backward_one(float xi, float g, float lo, float hi, float sc
 static void backward_task(const float *grad, const float *x, float *grad_x, int64_t start,
                           int64_t stop, float lo, float range, int32_t levels, float alpha,
                           double *range_sum, double *low_sum) {
-    const float hi = lo + range;
-    const float scale = (float)(levels - 1) / range;
-    const float zero_point = round_half_even(-lo * scale);
+    const struct quantizer_range r = range_of(lo, range, levels);
     const float reverted_range = 1.0f / range;
     double range_total = 0.0, low_total = 0.0;
     for (int64_t block = start; block < stop; block += BLOCK) {
@@ -100,14 +108,13 @@ static void backward_task(const float *grad, const float *x, float *grad_x, int6
         int64_t i = block;
         for (; i + LANES <= block_stop; i += LANES) {
             for (int k = 0; k < LANES; ++k) {
-                range_lane[k] += backward_one(x[i + k], grad[i + k], lo, hi, scale, zero_point,
-                                              reverted_range, alpha, &grad_x[i + k]);
+                range_lane[k] += backward_one(x[i + k], grad[i + k], r, reverted_range, alpha,
+                                              &grad_x[i + k]);
                 low_lane[k] += grad[i + k] - grad_x[i + k];
             }
         }
         for (; i < block_stop; ++i) {
-            range_lane[0] += backward_one(x[i], grad[i], lo, hi, scale, zero_point,
-                                          reverted_range, alpha, &grad_x[i]);
+            range_lane[0] += backward_one(x[i], grad[i], r, reverted_range, alpha, &grad_x[i]);
             low_lane[0] += grad[i] - grad_x[i];
         }
         for (int k = 0; k < LANES; ++k) {
