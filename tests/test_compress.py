@@ -295,12 +295,29 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     traced = run()
     counts = _quantizer_calls_per_mode(model, batch)
     before = instance_methods()  # NNCF's own wrapper of the detector's forward
-    retrace = nncf_adapter.trace_only_where_hooked(model)
+    retrace = nncf_adapter.speed_up_training(model)
     patched = instance_methods() - before
     # Each distinct quantizer's forward, and the head's loss and postprocessing.
     assert {n for _, n in patched} == {"forward", "loss_by_feat", "predict_by_feat"}
     assert len(patched) > counts["tensor"] // 2
-    untraced = run()
+    from nncf.torch.quantization import extensions
+
+    kernels = extensions.QuantizedFunctionsCPU._loaded_namespace
+    fused_calls = {"done": 0}
+    symmetric = kernels.symmetric_fake_quantize
+
+    def counted(*args: Any) -> Any:
+        out = symmetric(*args)
+        fused_calls["done"] += out is not None
+        return out
+
+    kernels.symmetric_fake_quantize = counted
+    try:
+        untraced = run()
+    finally:
+        del kernels.symmetric_fake_quantize
+    # The quantizers' fused path really ran: every quantizer in the loss and predict forwards.
+    assert fused_calls["done"] == counts["loss"] + counts["predict"]
     assert _quantizer_calls_per_mode(model, batch) == counts  # every quantizer still acts
     retrace()
     assert instance_methods() == before

@@ -182,3 +182,72 @@ def test_nncf_quantizers_run_the_fused_kernels() -> None:
     assert calls == {"forward": 1, "backward": 1}
     assert x.grad is not None and quantizer.scale.grad is not None
     assert quantizer.scale.grad.shape == quantizer.scale.shape
+
+
+# (name, input shape, scale shape, signed, bits)
+SYMMETRIC_CASES = [
+    ("per-channel weights", (24, 8, 3, 3), (24, 1, 1, 1), True, 8),
+    ("per-tensor signed activations", (4, 8, 33, 31), (1,), True, 8),
+    ("per-tensor unsigned activations", (4, 8, 33, 31), (1,), False, 8),
+    ("4-bit per-channel", (16, 4, 3, 3), (16, 1, 1, 1), True, 4),
+]
+
+
+@pytest.mark.parametrize("case", SYMMETRIC_CASES, ids=[c[0] for c in SYMMETRIC_CASES])
+def test_fused_symmetric_quantizer_is_bit_identical_to_nncfs(case: tuple) -> None:
+    """The training fast path (nncf_adapter._fused_symmetric_forward: range from the scale,
+    quantization and both gradients in one call each way) against NNCF's SymmetricQuantizer
+    forward with the same kernels: output, input gradient and scale gradient bit for bit,
+    including negative scales (autograd's |scale| backward) and ties at the range ends."""
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.torch.quantization import extensions
+    from nncf.torch.quantization.layers import PTQuantizerSpec, SymmetricQuantizer
+
+    from detcompress.compression import nncf_adapter
+
+    _, shape, scale_shape, signed, bits = case
+    assert nncf_adapter.use_fused_cpu_kernels()
+    kernels = extensions.QuantizedFunctionsCPU._loaded_namespace
+    spec = PTQuantizerSpec(
+        num_bits=bits, mode=QuantizationScheme.SYMMETRIC, signedness_to_force=signed,
+        narrow_range=bits == 8 and len(scale_shape) > 1, half_range=False,
+        scale_shape=scale_shape, logarithm_scale=False,
+    )  # fmt: skip
+    quantizer = SymmetricQuantizer(spec)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        quantizer.scale.copy_(torch.rand(scale_shape, generator=generator) * 2 + 0.1)
+        quantizer.scale.view(-1)[0] *= -1  # a negative scale: |s| forward, sgn(s) backward
+    x0 = torch.randn(shape, generator=generator) * 2
+    x0.view(-1)[:3] = torch.tensor([2.0, -2.0, 0.0]) * quantizer.scale.detach().abs().view(-1)[0]
+    grad = torch.randn(shape, generator=generator)
+    fused_forward = nncf_adapter._fused_symmetric_forward(kernels)
+
+    def run(forward: Any) -> tuple[torch.Tensor, ...]:
+        quantizer.scale.grad = None
+        x = x0.clone().requires_grad_()
+        out = forward(quantizer, x)
+        out.backward(grad)
+        assert x.grad is not None and quantizer.scale.grad is not None
+        return out.detach(), x.grad, quantizer.scale.grad.clone()
+
+    calls = {"nncf": 0}
+    nncf_forward = kernels.Quantize_forward
+
+    def counted(*args: Any) -> Any:
+        calls["nncf"] += 1
+        return nncf_forward(*args)
+
+    kernels.Quantize_forward = counted
+    try:
+        expected = run(SymmetricQuantizer.forward)
+        assert calls["nncf"] == 1
+        got = run(fused_forward)
+        assert calls["nncf"] == 1  # the fused path never went through NNCF's quantize
+    finally:
+        del kernels.Quantize_forward
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape
+        assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
+    quantizer.disable_quantization()
+    assert fused_forward(quantizer, x0) is x0  # disabled: the input itself, as NNCF returns it

@@ -153,3 +153,36 @@ void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer
         grad_low_sum[c] += partial[tasks + t];
     }
 }
+
+/* NNCF's SymmetricQuantizer (symmetric_quantize and QuantizeSymmetric.forward in NNCF's
+ * quantize_functions.py) derives each channel's range from its scale parameter s with float32
+ * tensor operations: safe = |s| + eps, low = safe * (level_low / level_high), range = safe - low.
+ * Same operations here (eps and ratio arrive as floats, as torch casts a Python scalar); low and
+ * range are written out for the backward. */
+void fq_symmetric_forward(const float *x, float *out, int64_t outer, int64_t channels,
+                          int64_t inner, const float *scale, float eps, float ratio, float *low,
+                          float *range, int32_t levels, int32_t threads) {
+    for (int64_t c = 0; c < channels; ++c) {
+        const float safe = fabsf(scale[c]) + eps;
+        low[c] = safe * ratio;
+        range[c] = safe - low[c];
+    }
+    fq_forward(x, out, outer, channels, inner, low, range, levels, threads);
+}
+
+/* scratch: as fq_backward's partial (2 * tasks doubles), then 2 * channels doubles for its sums.
+ * NNCF hands the range gradient (rounded to float) on as the gradient of `safe`; autograd's
+ * backward of |s| then multiplies it by sgn(s). */
+void fq_symmetric_backward(const float *grad, const float *x, float *grad_x, int64_t outer,
+                           int64_t channels, int64_t inner, const float *low, const float *range,
+                           int32_t levels, int32_t level_low, int32_t level_high, double *scratch,
+                           const float *scale, float *grad_scale, int32_t threads) {
+    double *range_sum = scratch + 2 * outer * channels * tasks_per_row(inner);
+    double *low_sum = range_sum + channels;
+    fq_backward(grad, x, grad_x, outer, channels, inner, low, range, levels, level_low,
+                level_high, scratch, range_sum, low_sum, threads);
+    for (int64_t c = 0; c < channels; ++c) {
+        const float sign = (float)((0.0f < scale[c]) - (scale[c] < 0.0f));
+        grad_scale[c] = (float)range_sum[c] * sign;
+    }
+}

@@ -42,7 +42,7 @@ class CompressionScheduleHook(Hook):
         )
         self.statistics: dict[str, Any] = {}
         self.rb_loss: Any = None
-        self._retrace: Any = None
+        self._undo_speedups: Any = None
 
     @staticmethod
     def epoch(runner: Any, batch_idx: int) -> float:
@@ -65,15 +65,15 @@ class CompressionScheduleHook(Hook):
             from detcompress.compression import nncf_adapter
 
             if nncf_adapter.is_compressed(model):
-                self._retrace = nncf_adapter.trace_only_where_hooked(model)
+                self._undo_speedups = nncf_adapter.speed_up_training(model)
 
     def after_train(self, runner: Any) -> None:
         model = _unwrap(runner.model)
         if "loss" in vars(model):  # the RB loss patch: the trained model keeps mmdet's loss
             del model.loss
-        if self._retrace is not None:  # export and the rest see NNCF's model as NNCF made it
-            self._retrace()
-            self._retrace = None
+        if self._undo_speedups is not None:  # export and the rest see NNCF's model as NNCF made it
+            self._undo_speedups()
+            self._undo_speedups = None
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         model = _unwrap(runner.model)
