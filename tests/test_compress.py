@@ -292,7 +292,29 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
         names = ("forward", "loss_by_feat", "predict_by_feat")
         return {(id(m), n) for m in model.modules() for n in names if n in vars(m)}
 
+    def operation_names() -> list[str]:
+        """Names NNCF gives the network's operations in a tensor-mode forward (those inside hook
+        modules excluded: the speedups leave them unnamed on purpose)."""
+        from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
+
+        names: list[str] = []
+        name_next = FunctionHookMode.get_next_op_call_name
+
+        def recorded(self: Any, fn_name: str) -> str:
+            names.append(name_next(self, fn_name))
+            return names[-1]
+
+        FunctionHookMode.get_next_op_call_name = recorded  # type: ignore[method-assign]
+        try:
+            with torch.no_grad():
+                model.eval()
+                model(model.data_preprocessor(batch, False)["inputs"])
+        finally:
+            FunctionHookMode.get_next_op_call_name = name_next  # type: ignore[method-assign]
+        return [n for n in names if "_hook__" not in n]
+
     traced = run()
+    traced_names = operation_names()
     counts = _quantizer_calls_per_mode(model, batch)
     before = instance_methods()  # NNCF's own wrapper of the detector's forward
     retrace = nncf_adapter.speed_up_training(model)
@@ -314,10 +336,13 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     kernels.symmetric_fake_quantize = counted
     try:
         untraced = run()
+        # The training forward's hook mode names every operation as NNCF's does.
+        assert type(vars(model)["forward"]).__name__ == "_TrainingForward"
+        assert operation_names() == traced_names and len(traced_names) > 100
     finally:
         del kernels.symmetric_fake_quantize
-    # The quantizers' fused path really ran: every quantizer in the loss and predict forwards.
-    assert fused_calls["done"] == counts["loss"] + counts["predict"]
+    # The quantizers' fused path really ran: every quantizer in all three forwards.
+    assert fused_calls["done"] == counts["loss"] + counts["predict"] + counts["tensor"]
     assert _quantizer_calls_per_mode(model, batch) == counts  # every quantizer still acts
     retrace()
     assert instance_methods() == before

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import enum
 import importlib
+import itertools
 import os
 import re
 import types
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,9 @@ from nncf.quantization.advanced_parameters import (
     QuantizationParameters,
 )
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-from nncf.torch.function_hook.wrapper import get_hook_storage
+from nncf.torch.function_hook import hook_executor_mode
+from nncf.torch.function_hook.wrapper import ForwardWithHooks, get_hook_storage
+from torch.overrides import TorchFunctionMode
 
 from detcompress.compression.scopes import match_scopes
 from detcompress.errors import PresetError
@@ -168,6 +172,148 @@ def _fused_symmetric_forward(kernels: Any) -> Callable[..., Any]:
     return forward
 
 
+class _TrainingPlan:
+    """What NNCF's FunctionHookMode recomputes at every forward (parameter names, hook names,
+    shared-weight counts: ~8 ms per forward on the demo), computed once per training run, and
+    the names of the operations that have hooks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        storage = get_hook_storage(model)
+        nncf_mode = hook_executor_mode.FunctionHookMode(model, storage)
+        self.const_name_map = nncf_mode.const_name_map
+        self.group_names = nncf_mode.hooks_module_to_group_name
+        self.shared_weights = nncf_mode.counter_reusing_shared_weights
+        self.modules = [module for _, module in model.named_modules()]
+        self.child_names: dict[int, dict[int, str]] = {}
+        # HookStorage keys are "<operation name with '.' as ':'>__<port>".
+        keys = itertools.chain(storage.pre_hooks.keys(), storage.post_hooks.keys())
+        self.hooked_operations = frozenset(key.rsplit("__", 1)[0] for key in keys)
+
+
+def _has_parameter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether NNCF's process_parameters would look at any argument (it looks at parameters and
+    at lists of them)."""
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.nn.Parameter):
+            return True
+        if isinstance(value, list) and any(isinstance(v, torch.nn.Parameter) for v in value):
+            return True
+    return False
+
+
+class _TrainingHookMode(hook_executor_mode.FunctionHookMode):
+    """NNCF's FunctionHookMode with the same operation names and hooks, cheaper per operation:
+    the current module scope is kept as a string while modules are entered and left (NNCF joins
+    the whole module stack at every operation), and operations without hooks (most of them) are
+    called directly instead of through NNCF's pre/post hook machinery, which re-enters the mode
+    twice per operation to find nothing to run. Operations with hooks, or with a parameter
+    argument, take NNCF's own path unchanged."""
+
+    def __init__(self, model: torch.nn.Module, hook_storage: Any, plan: _TrainingPlan) -> None:
+        TorchFunctionMode.__init__(self)
+        # The attributes FunctionHookMode.__init__ sets, from the plan.
+        self.hook_storage = hook_storage
+        self.model = model
+        self.module_call_stack: list[torch.nn.Module] = []
+        self.nested_enter_count = 0
+        self.op_calls: dict[str, int] = defaultdict(int)
+        self.enabled = True
+        self.const_name_map = plan.const_name_map
+        self.in_process_const = False
+        self.hooks_module_to_group_name = plan.group_names
+        self.counter_reusing_shared_weights = dict(plan.shared_weights)
+        self.cache_parameters: dict[int, torch.Tensor] = {}
+        self.cache_child_name = plan.child_names
+        self._plan = plan
+        self._scopes: list[tuple[str, int]] = []  # (scope name, number of names in it)
+
+    def __enter__(self) -> _TrainingHookMode:
+        TorchFunctionMode.__enter__(self)
+        if self.nested_enter_count == 0:
+            for module in self._plan.modules:
+                wrapped = self._get_wrapped_call(module._call_impl)
+                module.__dict__["_call_impl"] = types.MethodType(wrapped, module)
+            self.push_module_call_stack(self.model)
+        self.nested_enter_count += 1
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.nested_enter_count -= 1
+        if self.nested_enter_count == 0:
+            for module in self._plan.modules:
+                module.__dict__.pop("_call_impl", None)
+            self.pop_module_call_stack()
+        TorchFunctionMode.__exit__(self, *exc_info)
+
+    def push_module_call_stack(self, module: torch.nn.Module) -> None:
+        # NNCF's get_current_relative_name, one module at a time: a hook module's group name,
+        # else the module's name among its caller's children, else nothing.
+        if not self.module_call_stack:
+            self._scopes.append(("", 0))
+        else:
+            caller = self.module_call_stack[-1]
+            name = self.hooks_module_to_group_name.get(id(module))
+            if name is None:
+                children = self.cache_child_name.get(id(caller))
+                if children is None:
+                    children = {id(child): n for n, child in caller.named_children()}
+                    self.cache_child_name[id(caller)] = children
+                name = children.get(id(module))
+            scope, depth = self._scopes[-1]
+            if name is not None:
+                scope, depth = (name if depth == 0 else f"{scope}/{name}"), depth + 1
+            self._scopes.append((scope, depth))
+        self.module_call_stack.append(module)
+
+    def pop_module_call_stack(self) -> None:
+        self.module_call_stack.pop()
+        self._scopes.pop()
+
+    def get_current_relative_name(self) -> str:
+        return self._scopes[-1][0]
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        fn_name = func.__name__
+        inner = hook_executor_mode.get_handle_inner_function(func)
+        if inner is not None:
+            with self:
+                return inner(*args, **kwargs)
+        if not self.enabled or fn_name in hook_executor_mode.IGNORED_FN_NAMES:
+            return func(*args, **kwargs)
+        op_name = self.get_next_op_call_name(fn_name)
+        if op_name.replace(".", ":") not in self._plan.hooked_operations and not _has_parameter(
+            args, kwargs
+        ):
+            return func(*args, **kwargs)
+        op_meta = hook_executor_mode.OpMeta(op_name=op_name, func=func)
+        args, kwargs = self.execute_pre_hooks(args, kwargs, op_meta)
+        output = func(*args, **kwargs)
+        return self.execute_post_hooks(output, op_meta)
+
+
+class _TrainingForward(ForwardWithHooks):
+    """NNCF's ForwardWithHooks running _TrainingHookMode. A copy of the model (mmengine's EMA
+    model) gets NNCF's own ForwardWithHooks: the plan describes this model only."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        storage = get_hook_storage(self.model)
+        with _TrainingHookMode(self.model, storage, self.__dict__["plan"]) as mode:
+            args, kwargs = mode.process_model_inputs(args, kwargs)
+            outputs = self.orig_forward(*args, **kwargs)
+            return mode.process_model_outputs(outputs)
+
+    def __reduce__(self) -> Any:
+        model, forward = self.model, self.orig_forward
+        return ForwardWithHooks, (model, forward), (model, forward, None)
+
+
 def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
     """Speed up training without changing any result (a test compares losses, gradients and
     predictions bit for bit):
@@ -177,7 +323,9 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
       the hooks to run; no hook sits on those operations (quantizers are placed on the
       `tensor`-mode graph);
     - with the fused CPU kernels in use, symmetric quantizers run them in one call each way
-      (`_fused_symmetric_forward`).
+      (`_fused_symmetric_forward`);
+    - the model's forward runs `_TrainingHookMode`, NNCF's mode with its per-forward set-up
+      done once and hook-less operations called directly (same names, same hooks).
     Patched on the instances as bound methods (a deep copy, e.g. mmengine's EMA model, rebinds
     them to itself); returns the function that removes the patches."""
     from nncf.torch.function_hook.hook_executor_mode import disable_function_hook_mode
@@ -217,10 +365,19 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
             continue  # already patched (by us or by someone else): leave it
         setattr(module, name, types.MethodType(untraced(method), module))
         patched.append((module, name))
+    nncf_forward = vars(model).get("forward")
+    replace_forward = type(nncf_forward) is ForwardWithHooks  # not already ours, nor another's
+    if isinstance(nncf_forward, ForwardWithHooks) and replace_forward:
+        del vars(model)["forward"]  # ForwardWithHooks refuses a model that already has one
+        training_forward = _TrainingForward(model, nncf_forward.orig_forward)
+        training_forward.__dict__["plan"] = _TrainingPlan(model)
+        vars(model)["forward"] = training_forward
 
     def undo() -> None:
         for module, name in patched:
             vars(module).pop(name, None)
+        if replace_forward:
+            vars(model)["forward"] = nncf_forward
 
     return undo
 
