@@ -86,7 +86,9 @@ def main() -> None:
             init_demo(workspace, seed=0)
         times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         peak: dict[str, float] = {}
+        round_ratios: list[float] = []  # the variants of one round ran minutes apart at most
         for _ in range(args.rounds):
+            round_median: dict[str, float] = {}
             for variant, kernels in VARIANTS.items():
                 out = subprocess.run(
                     [sys.executable, __file__, "--variant", variant, "--workspace", str(workspace),
@@ -96,7 +98,9 @@ def main() -> None:
                 )  # fmt: skip
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 times[variant] += result["times_s"]
+                round_median[variant] = statistics.median(result["times_s"])
                 peak[variant] = max(peak.get(variant, 0.0), result["peak_rss_mb"])
+            round_ratios.append(round_median["int8"] / round_median["fp32"])
     median = {variant: statistics.median(values) for variant, values in times.items()}
     report = {
         "median_s_per_iteration": median,
@@ -104,11 +108,16 @@ def main() -> None:
         "qat_over_fp32": median["int8"] / median["fp32"],
         "qat_nncf_as_is_over_fp32": median["int8_nncf_as_is"] / median["fp32"],
         "qat_peak_memory_over_fp32": peak["int8"] / peak["fp32"],
+        "qat_over_fp32_per_round": round_ratios,
         "iterations_per_variant": len(times["fp32"]),
     }
     for variant in VARIANTS:
         print(f"{variant}: {median[variant] * 1000:.0f} ms/iter, peak RSS {peak[variant]:.0f} MB")
     print(f"QAT / FP32 time per iteration: {report['qat_over_fp32']:.2f} (goal <= 1.3)")
+    print(
+        "QAT / FP32 per round (the machine's speed drifts): "
+        + ", ".join(f"{ratio:.2f}" for ratio in round_ratios)
+    )
     print(f"QAT as NNCF runs it by itself / FP32: {report['qat_nncf_as_is_over_fp32']:.2f}")
     print(f"QAT / FP32 peak memory: {report['qat_peak_memory_over_fp32']:.2f}")
     if args.json:
