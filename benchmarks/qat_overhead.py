@@ -1,15 +1,15 @@
 """Time per training iteration of int8 QAT over FP32 on the demo model, measured in one run.
 
-    .venv/bin/python benchmarks/qat_overhead.py [--iters 20] [--rounds 2] [--workspace DIR]
-        [--json FILE]
+    .venv/bin/python benchmarks/qat_overhead.py [--iters 30] [--workspace DIR] [--json FILE]
 
-Each variant runs in its own subprocess (so that peak memory is per variant) on the same
-pre-loaded batches (data loading excluded), with the demo config's optimizer. Variants: FP32;
-int8 QAT as detcompress trains it (fused CPU fake-quantization kernels, hook modules and the
-head's loss outside NNCF's operation tracing); int8 QAT as NNCF runs it by itself (its own CPU
-kernels, `DETCOMPRESS_NNCF_KERNELS=nncf`, everything traced). The variants alternate over
-`--rounds` rounds, so that a shared machine's drifting speed hits all of them alike. Prints the
-median time per iteration over all rounds, the ratios QAT / FP32 (goal: at most 1.3), peak RSS.
+The ratio (goal: at most 1.3) comes from one process that holds the FP32 model and the int8
+QAT model (as detcompress trains it: fused CPU fake-quantization kernels, `speed_up_training`)
+and alternates one training step of each, in alternating order, on the same pre-loaded
+batches (data loading excluded) with the demo config's optimizer: a shared machine's speed
+drifts by tens of percent within minutes, and steps taken side by side see the same machine.
+Peak memory needs one process per variant: FP32, int8, and int8 QAT as NNCF runs it by itself
+(its own CPU kernels, `DETCOMPRESS_NNCF_KERNELS=nncf`, everything traced), whose time is also
+printed (measured alone, so only roughly comparable). Prints medians and ratios.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 warnings.filterwarnings("ignore")
 
@@ -32,7 +33,7 @@ warnings.filterwarnings("ignore")
 VARIANTS = {"fp32": "fused", "int8": "fused", "int8_nncf_as_is": "nncf"}
 
 
-def measure(workspace: Path, variant: str, iters: int, warmup: int) -> dict:
+def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, list]:
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
@@ -42,7 +43,7 @@ def measure(workspace: Path, variant: str, iters: int, warmup: int) -> dict:
     cfg = Config.fromfile(str(workspace / "configs" / "demo.py"))
     training.share_parameters_safely(cfg)
     model = detector.build_detector(cfg)
-    batches = training.calibration_batches(cfg, warmup + iters)
+    batches = training.calibration_batches(cfg, batch_count)
     if variant.startswith("int8"):
         path = bundled_presets()["int8"]
         nncf_config = build_nncf_config(read_preset_file(path), str(path))
@@ -52,30 +53,63 @@ def measure(workspace: Path, variant: str, iters: int, warmup: int) -> dict:
 
             nncf_adapter.speed_up_training(model)
     model.train()
-    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    times = []
-    for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        model.train_step(batch, optim_wrapper)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    return model, build_optim_wrapper(model, cfg.optim_wrapper), batches
+
+
+def _step(model: Any, optim_wrapper: Any, batch: Any) -> float:
+    start = time.perf_counter()
+    model.train_step(batch, optim_wrapper)
+    return time.perf_counter() - start
+
+
+def measure_alone(workspace: Path, variant: str, iters: int, warmup: int) -> dict:
+    model, optim_wrapper, batches = _build(workspace, variant, warmup + iters)
+    times = [_step(model, optim_wrapper, batch) for batch in batches][warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "times_s": times, "peak_rss_mb": peak_mb}
+    return {"times_s": times, "peak_rss_mb": peak_mb}
+
+
+def measure_side_by_side(workspace: Path, iters: int, warmup: int) -> dict:
+    built = {variant: _build(workspace, variant, warmup + iters) for variant in ("fp32", "int8")}
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for i in range(warmup + iters):
+        order = ("fp32", "int8") if i % 2 == 0 else ("int8", "fp32")
+        for variant in order:
+            model, optim_wrapper, batches = built[variant]
+            elapsed = _step(model, optim_wrapper, batches[i])
+            if i >= warmup:
+                times[variant].append(elapsed)
+        if (i + 1) % 10 == 0:
+            print(f"side by side: {i + 1}/{warmup + iters} steps", file=sys.stderr, flush=True)
+    return {"times_s": times}
+
+
+def _child(workspace: Path, mode: str, iters: int, warmup: int, kernels: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--workspace", str(workspace),
+         "--iters", str(iters), "--warmup", str(warmup)],
+        stdout=subprocess.PIPE, text=True, check=True,
+        env={**os.environ, "DETCOMPRESS_NNCF_KERNELS": kernels},
+    )  # fmt: skip
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations per round")
+    parser.add_argument("--iters", type=int, default=30, help="timed steps of each variant")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workspace", type=Path, help="demo workspace (default: a new one)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*VARIANTS, "side_by_side"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.variant:  # child process
-        print(json.dumps(measure(args.workspace, args.variant, args.iters, args.warmup)))
+    if args.child == "side_by_side":
+        print(json.dumps(measure_side_by_side(args.workspace, args.iters, args.warmup)))
+        return
+    if args.child:
+        print(json.dumps(measure_alone(args.workspace, args.child, args.iters, args.warmup)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         workspace = args.workspace
@@ -84,41 +118,35 @@ def main() -> None:
 
             workspace = Path(tmp) / "ws"
             init_demo(workspace, seed=0)
-        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-        peak: dict[str, float] = {}
-        round_ratios: list[float] = []  # the variants of one round ran minutes apart at most
-        for _ in range(args.rounds):
-            round_median: dict[str, float] = {}
-            for variant, kernels in VARIANTS.items():
-                out = subprocess.run(
-                    [sys.executable, __file__, "--variant", variant, "--workspace", str(workspace),
-                     "--iters", str(args.iters), "--warmup", str(args.warmup)],
-                    capture_output=True, text=True, check=True,
-                    env={**os.environ, "DETCOMPRESS_NNCF_KERNELS": kernels},
-                )  # fmt: skip
-                result = json.loads(out.stdout.strip().splitlines()[-1])
-                times[variant] += result["times_s"]
-                round_median[variant] = statistics.median(result["times_s"])
-                peak[variant] = max(peak.get(variant, 0.0), result["peak_rss_mb"])
-            round_ratios.append(round_median["int8"] / round_median["fp32"])
-    median = {variant: statistics.median(values) for variant, values in times.items()}
+        side = _child(workspace, "side_by_side", args.iters, args.warmup, "fused")["times_s"]
+        alone = {
+            variant: _child(workspace, variant, max(args.iters // 3, 5), args.warmup, kernels)
+            for variant, kernels in VARIANTS.items()
+        }
+    median = {variant: statistics.median(values) for variant, values in side.items()}
+    median_alone = {v: statistics.median(r["times_s"]) for v, r in alone.items()}
+    peak = {variant: result["peak_rss_mb"] for variant, result in alone.items()}
     report = {
-        "median_s_per_iteration": median,
-        "peak_rss_mb": peak,
+        "side_by_side_median_s_per_iteration": median,
         "qat_over_fp32": median["int8"] / median["fp32"],
-        "qat_nncf_as_is_over_fp32": median["int8_nncf_as_is"] / median["fp32"],
+        "alone_median_s_per_iteration": median_alone,
+        "qat_nncf_as_is_over_fp32_alone": median_alone["int8_nncf_as_is"] / median_alone["fp32"],
+        "peak_rss_mb": peak,
         "qat_peak_memory_over_fp32": peak["int8"] / peak["fp32"],
-        "qat_over_fp32_per_round": round_ratios,
-        "iterations_per_variant": len(times["fp32"]),
+        "iterations_side_by_side": len(side["fp32"]),
     }
-    for variant in VARIANTS:
-        print(f"{variant}: {median[variant] * 1000:.0f} ms/iter, peak RSS {peak[variant]:.0f} MB")
-    print(f"QAT / FP32 time per iteration: {report['qat_over_fp32']:.2f} (goal <= 1.3)")
     print(
-        "QAT / FP32 per round (the machine's speed drifts): "
-        + ", ".join(f"{ratio:.2f}" for ratio in round_ratios)
+        f"side by side, {len(side['fp32'])} steps each: FP32 {median['fp32'] * 1000:.0f} ms, "
+        f"int8 QAT {median['int8'] * 1000:.0f} ms per iteration"
     )
-    print(f"QAT as NNCF runs it by itself / FP32: {report['qat_nncf_as_is_over_fp32']:.2f}")
+    print(f"QAT / FP32 time per iteration: {report['qat_over_fp32']:.2f} (goal <= 1.3)")
+    for variant in VARIANTS:
+        print(
+            f"alone: {variant} {median_alone[variant] * 1000:.0f} ms/iter, "
+            f"peak RSS {peak[variant]:.0f} MB"
+        )
+    as_is = report["qat_nncf_as_is_over_fp32_alone"]
+    print(f"QAT as NNCF runs it by itself / FP32 (alone): {as_is:.2f}")
     print(f"QAT / FP32 peak memory: {report['qat_peak_memory_over_fp32']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
