@@ -346,6 +346,7 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     assert _quantizer_calls_per_mode(model, batch) == counts  # every quantizer still acts
     retrace()
     assert instance_methods() == before
+    assert type(vars(model)["forward"]).__name__ == "ForwardWithHooks"  # NNCF's own again
     assert all(torch.equal(a, b) for a, b in zip(traced[0], untraced[0], strict=True))
     assert traced[1].keys() == untraced[1].keys()
     assert all(torch.equal(traced[1][k], untraced[1][k]) for k in traced[1])

@@ -105,11 +105,6 @@ class CompressionScheduleHook(Hook):
                 before, after = pipeline.prune_to(model, self.pruning_algo, state, level)
                 _rebuild_optimizer(runner)
                 _rebuild_ema(runner)
-                if self._undo_speedups is not None:  # they hold the model's structure: renew
-                    from detcompress.compression import nncf_adapter
-
-                    self._undo_speedups()
-                    self._undo_speedups = nncf_adapter.speed_up_training(model)
                 runner.logger.info(
                     f"[detcompress] iteration {runner.iter} (epoch {epoch:.2f}): pruning level "
                     f"{level:.4f}, filters {before} -> {after}"
