@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,25 @@ def inline_config(tmp_path: Path) -> Path:
         "                     weights=dict(mode='asymmetric')))\n"
     )
     return path
+
+
+@contextmanager
+def nncf_operation_names() -> Iterator[list[str]]:
+    """The names NNCF's hook mode (or a subclass) gives operations while the block runs, those
+    inside hook modules left out (detcompress's training speed-ups leave them unnamed)."""
+    from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
+
+    names: list[str] = []
+    outside_hooks: list[str] = []
+    name_next = FunctionHookMode.get_next_op_call_name
+
+    def recorded(self: Any, fn_name: str) -> str:
+        names.append(name_next(self, fn_name))
+        return names[-1]
+
+    FunctionHookMode.get_next_op_call_name = recorded  # type: ignore[method-assign]
+    try:
+        yield outside_hooks
+    finally:
+        FunctionHookMode.get_next_op_call_name = name_next  # type: ignore[method-assign]
+        outside_hooks.extend(n for n in names if "_hook__" not in n)

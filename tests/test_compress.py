@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST_INIT, outputs_in_fresh_process
+from conftest import FAST_INIT, nncf_operation_names, outputs_in_fresh_process
 from detcompress.cli import app
 
 runner = CliRunner()
@@ -293,25 +293,11 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
         return {(id(m), n) for m in model.modules() for n in names if n in vars(m)}
 
     def operation_names() -> list[str]:
-        """Names NNCF gives the network's operations in a tensor-mode forward (those inside hook
-        modules excluded: the speedups leave them unnamed on purpose)."""
-        from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
-
-        names: list[str] = []
-        name_next = FunctionHookMode.get_next_op_call_name
-
-        def recorded(self: Any, fn_name: str) -> str:
-            names.append(name_next(self, fn_name))
-            return names[-1]
-
-        FunctionHookMode.get_next_op_call_name = recorded  # type: ignore[method-assign]
-        try:
-            with torch.no_grad():
-                model.eval()
-                model(model.data_preprocessor(batch, False)["inputs"])
-        finally:
-            FunctionHookMode.get_next_op_call_name = name_next  # type: ignore[method-assign]
-        return [n for n in names if "_hook__" not in n]
+        """Names NNCF gives the network's operations in a tensor-mode forward."""
+        with nncf_operation_names() as names, torch.no_grad():
+            model.eval()
+            model(model.data_preprocessor(batch, False)["inputs"])
+        return names
 
     traced = run()
     traced_names = operation_names()

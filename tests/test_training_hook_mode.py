@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from conftest import nncf_operation_names
+
 
 class AddConstant(nn.Module):
     def __init__(self, value: float) -> None:
@@ -56,21 +58,9 @@ def _model() -> Any:
 
 
 def _run(model: Any, x: torch.Tensor) -> tuple[list[torch.Tensor], list[str]]:
-    from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
-
-    names: list[str] = []
-    name_next = FunctionHookMode.get_next_op_call_name
-
-    def recorded(self: Any, fn_name: str) -> str:
-        names.append(name_next(self, fn_name))
-        return names[-1]
-
-    FunctionHookMode.get_next_op_call_name = recorded  # type: ignore[method-assign]
-    try:
+    with nncf_operation_names() as names:
         outputs = model(x)
-    finally:
-        FunctionHookMode.get_next_op_call_name = name_next  # type: ignore[method-assign]
-    return [o.detach().clone() for o in outputs], [n for n in names if "_hook__" not in n]
+    return [o.detach().clone() for o in outputs], names
 
 
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
