@@ -321,20 +321,25 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
 
     kernels.symmetric_fake_quantize = counted
     try:
-        untraced = run()
-        # The training forward's hook mode names every operation as NNCF's does.
-        assert type(vars(model)["forward"]).__name__ == "_TrainingForward"
+        untraced = run()  # the first loss and predict forwards: recorded, in the hook mode
+        at_boundaries = run()  # then every hook wrapped around its module, no hook mode
+        forward = vars(model)["forward"]
+        assert type(forward).__name__ == "_TrainingForward"
+        assert dict(forward.forwards) == {"recorded": 2, "module hooks": 2}
+        # The recording hook mode names every operation as NNCF's does.
         assert operation_names() == traced_names and len(traced_names) > 100
     finally:
         del kernels.symmetric_fake_quantize
-    # The quantizers' fused path really ran: every quantizer in all three forwards.
-    assert fused_calls["done"] == counts["loss"] + counts["predict"] + counts["tensor"]
+    # The quantizers' fused path really ran: every quantizer in all forwards.
+    expected_calls = 2 * (counts["loss"] + counts["predict"]) + counts["tensor"]
+    assert fused_calls["done"] == expected_calls
     assert _quantizer_calls_per_mode(model, batch) == counts  # every quantizer still acts
     retrace()
     assert instance_methods() == before
     assert type(vars(model)["forward"]).__name__ == "ForwardWithHooks"  # NNCF's own again
-    assert all(torch.equal(a, b) for a, b in zip(traced[0], untraced[0], strict=True))
-    assert traced[1].keys() == untraced[1].keys()
-    assert all(torch.equal(traced[1][k], untraced[1][k]) for k in traced[1])
-    assert len(traced[2]) == len(untraced[2]) > 0
-    assert all(torch.equal(a, b) for a, b in zip(traced[2], untraced[2], strict=True))
+    for other in (untraced, at_boundaries):
+        assert all(torch.equal(a, b) for a, b in zip(traced[0], other[0], strict=True))
+        assert traced[1].keys() == other[1].keys()
+        assert all(torch.equal(traced[1][k], other[1][k]) for k in traced[1])
+        assert len(traced[2]) == len(other[2]) > 0
+        assert all(torch.equal(a, b) for a, b in zip(traced[2], other[2], strict=True))

@@ -45,11 +45,21 @@ def _cache_dir() -> Path:
     return Path(root) / "detcompress" / "kernels"
 
 
+def _compile_flags() -> list[str]:
+    """COMPILE_FLAGS, plus AVX2 where torch found it on this CPU: 8 float lanes instead of SSE's
+    4, about half the backward's time; same results (IEEE operations, no FMA contraction). The
+    flag is part of the cache key, so a cache shared with a CPU without AVX2 stays valid."""
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return [*COMPILE_FLAGS, "-mavx2"]
+    return COMPILE_FLAGS
+
+
 def _compile(source: Path) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    key = f"{compiler} {' '.join(COMPILE_FLAGS)}".encode()
+    flags = _compile_flags()
+    key = f"{compiler} {' '.join(flags)}".encode()
     digest = hashlib.sha256(source.read_bytes() + key).hexdigest()
     library = _cache_dir() / f"fake_quantize_cpu_{digest[:16]}.so"
     if library.exists():
@@ -64,7 +74,7 @@ def _compile(source: Path) -> Path | None:
         # its threads are torch's. Without OpenMP the kernels run on one thread.
         for openmp in (["-fopenmp"], []):
             done = subprocess.run(
-                [compiler, *COMPILE_FLAGS, *openmp, str(source), "-o", str(partial)],
+                [compiler, *flags, *openmp, str(source), "-o", str(partial)],
                 capture_output=True,
                 text=True,
                 timeout=300,

@@ -96,9 +96,10 @@ static inline float backward_one(float xi, float g, struct quantizer_range r,
 #define LANES 8
 #define BLOCK 512
 
-static void backward_task(const float *grad, const float *x, float *grad_x, int64_t start,
-                          int64_t stop, float lo, float range, int32_t levels, float alpha,
-                          double *range_sum, double *low_sum) {
+static inline void backward_task(const float *restrict grad, const float *restrict x,
+                                 float *restrict grad_x, int64_t start, int64_t stop, float lo,
+                                 float range, int32_t levels, float alpha, int with_low,
+                                 double *range_sum, double *low_sum) {
     const struct quantizer_range r = range_of(lo, range, levels);
     const float reverted_range = 1.0f / range;
     double range_total = 0.0, low_total = 0.0;
@@ -108,14 +109,17 @@ static void backward_task(const float *grad, const float *x, float *grad_x, int6
         int64_t i = block;
         for (; i + LANES <= block_stop; i += LANES) {
             for (int k = 0; k < LANES; ++k) {
-                range_lane[k] += backward_one(x[i + k], grad[i + k], r, reverted_range, alpha,
-                                              &grad_x[i + k]);
-                low_lane[k] += grad[i + k] - grad_x[i + k];
+                float gx;
+                range_lane[k] += backward_one(x[i + k], grad[i + k], r, reverted_range, alpha, &gx);
+                grad_x[i + k] = gx;
+                if (with_low) low_lane[k] += grad[i + k] - gx;
             }
         }
         for (; i < block_stop; ++i) {
-            range_lane[0] += backward_one(x[i], grad[i], r, reverted_range, alpha, &grad_x[i]);
-            low_lane[0] += grad[i] - grad_x[i];
+            float gx;
+            range_lane[0] += backward_one(x[i], grad[i], r, reverted_range, alpha, &gx);
+            grad_x[i] = gx;
+            if (with_low) low_lane[0] += grad[i] - gx;
         }
         for (int k = 0; k < LANES; ++k) {
             range_total += range_lane[k];
@@ -127,11 +131,13 @@ static void backward_task(const float *grad, const float *x, float *grad_x, int6
 }
 
 /* partial holds 2 * (number of tasks) doubles of scratch; grad_range_sum / grad_low_sum receive
- * one sum per channel (NNCF uses grad_low only for asymmetric quantizers). */
-void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer,
-                 int64_t channels, int64_t inner, const float *low, const float *range,
-                 int32_t levels, int32_t level_low, int32_t level_high, double *partial,
-                 double *grad_range_sum, double *grad_low_sum, int32_t threads) {
+ * one sum per channel. with_low: whether the low sums are wanted (NNCF uses grad_low only for
+ * asymmetric quantizers; without them they stay 0). */
+static void backward_sums(const float *grad, const float *x, float *grad_x, int64_t outer,
+                          int64_t channels, int64_t inner, const float *low, const float *range,
+                          int32_t levels, int32_t level_low, int32_t level_high, double *partial,
+                          double *grad_range_sum, double *grad_low_sum, int with_low,
+                          int32_t threads) {
     const float alpha = (float)level_low / (float)level_high;
     const int64_t per_row = tasks_per_row(inner);
     const int64_t tasks = outer * channels * per_row;
@@ -140,8 +146,12 @@ void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer
     for (int64_t t = 0; t < tasks; ++t) {
         int64_t start, stop;
         const int64_t c = task_bounds(t, per_row, channels, inner, &start, &stop);
-        backward_task(grad, x, grad_x, start, stop, low[c], range[c], levels, alpha, &partial[t],
-                      &partial[tasks + t]);
+        if (with_low)
+            backward_task(grad, x, grad_x, start, stop, low[c], range[c], levels, alpha, 1,
+                          &partial[t], &partial[tasks + t]);
+        else
+            backward_task(grad, x, grad_x, start, stop, low[c], range[c], levels, alpha, 0,
+                          &partial[t], &partial[tasks + t]);
     }
     for (int64_t c = 0; c < channels; ++c) {
         grad_range_sum[c] = 0.0;
@@ -152,6 +162,14 @@ void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer
         grad_range_sum[c] += partial[t];
         grad_low_sum[c] += partial[tasks + t];
     }
+}
+
+void fq_backward(const float *grad, const float *x, float *grad_x, int64_t outer,
+                 int64_t channels, int64_t inner, const float *low, const float *range,
+                 int32_t levels, int32_t level_low, int32_t level_high, double *partial,
+                 double *grad_range_sum, double *grad_low_sum, int32_t threads) {
+    backward_sums(grad, x, grad_x, outer, channels, inner, low, range, levels, level_low,
+                  level_high, partial, grad_range_sum, grad_low_sum, 1, threads);
 }
 
 /* NNCF's SymmetricQuantizer (symmetric_quantize and QuantizeSymmetric.forward in NNCF's
@@ -179,8 +197,8 @@ void fq_symmetric_backward(const float *grad, const float *x, float *grad_x, int
                            const float *scale, float *grad_scale, int32_t threads) {
     double *range_sum = scratch + 2 * outer * channels * tasks_per_row(inner);
     double *low_sum = range_sum + channels;
-    fq_backward(grad, x, grad_x, outer, channels, inner, low, range, levels, level_low,
-                level_high, scratch, range_sum, low_sum, threads);
+    backward_sums(grad, x, grad_x, outer, channels, inner, low, range, levels, level_low,
+                  level_high, scratch, range_sum, low_sum, 0, threads);
     for (int64_t c = 0; c < channels; ++c) {
         const float sign = (float)((0.0f < scale[c]) - (scale[c] < 0.0f));
         grad_scale[c] = (float)range_sum[c] * sign;

@@ -198,6 +198,9 @@ class _TrainingPlan:
         # HookStorage keys are "<operation name with '.' as ':'>__<port>".
         keys = itertools.chain(storage.pre_hooks.keys(), storage.post_hooks.keys())
         self.hooked_operations = frozenset(key.rsplit("__", 1)[0] for key in keys)
+        # Per kind of forward (see _TrainingForward): its hooks at module boundaries, or None
+        # where the hook mode must stay.
+        self.module_hooks: dict[tuple[Any, ...], list[_ModuleHooks] | None] = {}
 
 
 def _has_parameter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -308,9 +311,212 @@ class _TrainingHookMode(hook_executor_mode.FunctionHookMode):
         return self.execute_post_hooks(output, op_meta)
 
 
+# Modules whose whole forward is one operation taking `self.weight` at port 1, and that
+# operation with another weight: where a weight hook can run outside the hook mode.
+_WEIGHT_FORWARDS: dict[type[torch.nn.Module], Callable[[Any, Any, Any], Any]] = {
+    torch.nn.Conv2d: lambda module, x, weight: module._conv_forward(x, weight, module.bias),
+    torch.nn.Linear: lambda module, x, weight: torch.nn.functional.linear(x, weight, module.bias),
+}
+
+
+def _weight_forward(module: torch.nn.Module) -> Callable[[Any, Any, Any], Any] | None:
+    for base, forward in _WEIGHT_FORWARDS.items():
+        if type(module).forward is base.forward and (
+            base is not torch.nn.Conv2d
+            or getattr(type(module), "_conv_forward", None) is torch.nn.Conv2d._conv_forward
+        ):
+            return forward
+    return None
+
+
+@dataclass
+class _ModuleHooks:
+    """The hooks of one module that run at its boundary, per call of it in a forward: on its
+    weight (the module's only operation takes it at port 1) and on its output (the last
+    operation's output is what the module returns)."""
+
+    module: torch.nn.Module
+    weight_ops: list[str | None] = field(default_factory=list)
+    output_ops: list[str | None] = field(default_factory=list)
+
+    def call(self, index: int) -> None:
+        """Make room for the hooks of call `index`."""
+        while len(self.weight_ops) <= index:
+            self.weight_ops.append(None)
+            self.output_ops.append(None)
+
+    def forward(self, storage: Any) -> Callable[..., Any]:
+        """The module's forward with its hooks, for one forward of the model."""
+        module, weight_ops, output_ops = self.module, self.weight_ops, self.output_ops
+        own_forward = types.MethodType(type(module).forward, module)
+        weight_forward = _weight_forward(module)
+        calls = iter(range(len(weight_ops)))
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            index = next(calls, None)
+            if index is None:
+                msg = (
+                    f"{type(module).__name__} was called more often than in the first forward "
+                    "of this kind, which placed its NNCF hooks: the detector's operations "
+                    "depend on its input, which NNCF's operation names cannot follow"
+                )
+                raise RuntimeError(msg)
+            weight_op, output_op = weight_ops[index], output_ops[index]
+            if weight_op is None:
+                out = own_forward(*args, **kwargs)
+            else:
+                assert weight_forward is not None  # checked when recorded
+                weight = storage.execute_pre_function_hooks(weight_op, 1, module.weight)
+                out = weight_forward(module, args[0], weight)
+            if output_op is not None:
+                out = storage.execute_post_function_hooks(output_op, 0, out)
+            return out
+
+        return forward
+
+
+class _HookCallRecorder:
+    """Stands in for the HookStorage while a forward is recorded: passes every call on and tells
+    the mode about the calls that found hooks."""
+
+    def __init__(self, storage: Any, mode: _RecordingHookMode) -> None:
+        self.storage = storage
+        self.mode = mode
+
+    def execute_pre_function_hooks(self, op_name: str, port_id: int, value: Any) -> Any:
+        out = self.storage.execute_pre_function_hooks(op_name, port_id, value)
+        if self.storage._generate_key(op_name, port_id) in self.storage.pre_hooks:
+            self.mode.hook_ran("pre", op_name, port_id, value, out)
+        return out
+
+    def execute_post_function_hooks(self, op_name: str, port_id: int, value: Any) -> Any:
+        out = self.storage.execute_post_function_hooks(op_name, port_id, value)
+        if self.storage._generate_key(op_name, port_id) in self.storage.post_hooks:
+            self.mode.hook_ran("post", op_name, port_id, value, out)
+        return out
+
+
+class _RecordingHookMode(_TrainingHookMode):
+    """_TrainingHookMode (same names, same hooks, same results) that also notes where each hook
+    runs, to find out whether every hook of this forward sits at a module boundary: on the
+    weight of a convolution or linear layer whose forward is that one operation, or on the last
+    operation of a module whose output it is (per call of the module: nn.Upsample, say, is
+    called once per level with other hooks each time). Then the next forwards of the same kind
+    can run without any hook mode (`_ModuleHooks`). Hooks on parameters themselves (NNCF's
+    sparsity masks) and on operations inside a module keep the hook mode."""
+
+    def __init__(self, model: torch.nn.Module, hook_storage: Any, plan: _TrainingPlan) -> None:
+        super().__init__(model, _HookCallRecorder(hook_storage, self), plan)
+        self._frames: list[list[str | None]] = []  # per module call: its op names, None per child
+        self._single_input: dict[int, bool] = {}
+        self._calls: dict[int, int] = defaultdict(int)
+        self._hooks: dict[int, _ModuleHooks] = {}
+        self._outputs: dict[tuple[int, int], Any] = {}  # (module id, call) -> its hooked output
+        self._in_model_io = False
+        self.at_module_boundaries = True
+
+    def _get_wrapped_call(self, fn_call: types.MethodType) -> Callable[..., Any]:
+        def wrapped_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            self.push_module_call_stack(module)
+            self._single_input[id(module)] = len(args) == 1 and not kwargs
+            retval = fn_call.__func__(module, *args, **kwargs)
+            self._module_returned(module, retval)
+            self.pop_module_call_stack()
+            return retval
+
+        return wrapped_call
+
+    def push_module_call_stack(self, module: torch.nn.Module) -> None:
+        super().push_module_call_stack(module)
+        if self._frames and id(module) not in self.hooks_module_to_group_name:
+            self._frames[-1].append(None)  # a child module call (hook modules do not count)
+        self._frames.append([])
+        self._calls[id(module)] += 1
+
+    def pop_module_call_stack(self) -> None:
+        self._frames.pop()
+        super().pop_module_call_stack()
+
+    def get_next_op_call_name(self, fn_name: str) -> str:
+        name = super().get_next_op_call_name(fn_name)
+        self._frames[-1].append(name)
+        return name
+
+    def process_model_inputs(self, args: Any, kwargs: dict[str, Any]) -> Any:
+        self._in_model_io = True  # these hooks run in the same place without a mode
+        try:
+            return super().process_model_inputs(args, kwargs)
+        finally:
+            self._in_model_io = False
+
+    def process_model_outputs(self, outputs: Any) -> Any:
+        self._in_model_io = True
+        try:
+            return super().process_model_outputs(outputs)
+        finally:
+            self._in_model_io = False
+
+    def hook_ran(self, kind: str, op_name: str, port_id: int, value: Any, out: Any) -> None:
+        if self._in_model_io:
+            return
+        module = self.module_call_stack[-1]
+        frame = self._frames[-1]
+        hooks = self._hooks.setdefault(id(module), _ModuleHooks(module))
+        index = self._calls[id(module)] - 1
+        hooks.call(index)
+        if frame[-1:] != [op_name]:  # a constant's hook, or one not on the current operation
+            self.at_module_boundaries = False
+        elif kind == "pre" and port_id == 1 and value is getattr(module, "weight", None):
+            self.at_module_boundaries &= hooks.weight_ops[index] is None and len(frame) == 1
+            hooks.weight_ops[index] = op_name
+        elif kind == "post" and port_id == 0 and hooks.output_ops[index] is None:
+            hooks.output_ops[index] = op_name
+            self._outputs[id(module), index] = out
+        else:
+            self.at_module_boundaries = False
+
+    def _module_returned(self, module: torch.nn.Module, retval: Any) -> None:
+        hooks = self._hooks.get(id(module))
+        index = self._calls[id(module)] - 1
+        if hooks is None or index >= len(hooks.weight_ops):
+            return
+        frame = self._frames[-1]
+        weight_op, output_op = hooks.weight_ops[index], hooks.output_ops[index]
+        if weight_op is not None:
+            self.at_module_boundaries &= (
+                frame == [weight_op]
+                and self._single_input[id(module)]
+                and _weight_forward(module) is not None
+            )
+        if output_op is not None:
+            self.at_module_boundaries &= (
+                frame[-1:] == [output_op] and retval is self._outputs[id(module), index]
+            )
+
+    def module_hooks(self) -> list[_ModuleHooks] | None:
+        """Every hook of the recorded forward as module-boundary hooks, or None where some hook
+        runs elsewhere (then the hook mode stays)."""
+        hooks = list(self._hooks.values())
+        if not self.at_module_boundaries or any(
+            h.module is self.model or "forward" in vars(h.module) for h in hooks
+        ):
+            return None
+        for h in hooks:
+            h.call(self._calls[id(h.module)] - 1)  # calls after the last hooked one: none
+        return hooks
+
+
 class _TrainingForward(ForwardWithHooks):
-    """NNCF's ForwardWithHooks running _TrainingHookMode. A copy of the model (mmengine's EMA
-    model) gets NNCF's own ForwardWithHooks: the plan describes this model only."""
+    """NNCF's ForwardWithHooks, cheaper. The first forward of each kind (training or not, and
+    mmdet's `mode`) runs _RecordingHookMode; if that found every hook at a module boundary, the
+    next forwards of that kind run with no hook mode at all, each hook wrapped around its
+    module's forward for the duration of the call (`_ModuleHooks`): the same operations on the
+    same tensors, without naming each operation in Python. Otherwise _TrainingHookMode. The
+    sequence of operations of a forward must depend on its kind only, as NNCF's operation names
+    already assume. A copy of the model (mmengine's EMA model) gets NNCF's own ForwardWithHooks:
+    the plan describes this model only."""
+
+    forwards: dict[str, int]  # forwards run per path, for tests
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         storage = get_hook_storage(self.model)
@@ -318,10 +524,32 @@ class _TrainingForward(ForwardWithHooks):
         # A hook added, a module or parameter replaced: the plan is made again.
         if plan is None or plan.structure != _structure(self.model, storage):
             plan = self.__dict__["plan"] = _TrainingPlan(self.model)
-        with _TrainingHookMode(self.model, storage, plan) as mode:
-            args, kwargs = mode.process_model_inputs(args, kwargs)
-            outputs = self.orig_forward(*args, **kwargs)
-            return mode.process_model_outputs(outputs)
+        kind = (self.model.training, kwargs.get("mode"), len(args), tuple(sorted(kwargs)))
+        self.__dict__.setdefault("forwards", defaultdict(int))
+        if kind not in plan.module_hooks:
+            self.forwards["recorded"] += 1
+            with _RecordingHookMode(self.model, storage, plan) as recorder:
+                outputs = self._run(recorder, args, kwargs)
+            plan.module_hooks[kind] = recorder.module_hooks()
+            return outputs
+        module_hooks = plan.module_hooks[kind]
+        if module_hooks is None:  # some hook sits inside a module's computation
+            self.forwards["hook mode"] += 1
+            with _TrainingHookMode(self.model, storage, plan) as mode:
+                return self._run(mode, args, kwargs)
+        self.forwards["module hooks"] += 1
+        for hooks in module_hooks:
+            vars(hooks.module)["forward"] = hooks.forward(storage)
+        try:  # model inputs and outputs: NNCF's own calls, which need no mode entered
+            return self._run(_TrainingHookMode(self.model, storage, plan), args, kwargs)
+        finally:
+            for hooks in module_hooks:
+                vars(hooks.module).pop("forward", None)
+
+    def _run(self, mode: _TrainingHookMode, args: Any, kwargs: dict[str, Any]) -> Any:
+        args, kwargs = mode.process_model_inputs(args, kwargs)
+        outputs = self.orig_forward(*args, **kwargs)
+        return mode.process_model_outputs(outputs)
 
     def __reduce__(self) -> Any:
         model, forward = self.model, self.orig_forward
