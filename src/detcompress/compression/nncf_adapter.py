@@ -496,6 +496,8 @@ class _RecordingHookMode(_TrainingHookMode):
     def module_hooks(self) -> list[_ModuleHooks] | None:
         """Every hook of the recorded forward as module-boundary hooks, or None where some hook
         runs elsewhere (then the hook mode stays)."""
+        self._outputs.clear()  # activations: not kept past the forward (mode and recorder
+        self._frames.clear()  # reference each other, so only the cycle collector frees them)
         hooks = list(self._hooks.values())
         if not self.at_module_boundaries or any(
             h.module is self.model or "forward" in vars(h.module) for h in hooks
