@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -193,3 +194,32 @@ def test_hooks_inside_a_module_keep_the_hook_mode() -> None:
     got = [_run(model, x)[0] for _ in range(3)]
     assert dict(vars(model)["forward"].forwards) == {"recorded": 1, "hook mode": 2}
     assert all(_same(g, expected) for g in got)
+
+
+class Repeats(nn.Module):
+    """Calls one hooked module as often as its input says: a forward whose operations depend on
+    the input, which neither NNCF's operation names nor module hooks can follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        for _ in range(repeats):
+            x = self.conv(x)
+        return x
+
+
+def test_a_module_called_more_often_than_recorded_is_an_error() -> None:
+    from nncf.torch.function_hook.wrapper import register_pre_function_hook, wrap_model
+
+    from detcompress.compression import nncf_adapter
+
+    model = wrap_model(Repeats())
+    register_pre_function_hook(model, "conv/conv2d/0", 1, Scale(0.5))
+    nncf_adapter.speed_up_training(model)
+    x = torch.randn(1, 3, 4, 4)
+    model(x, repeats=1)  # recorded: one call of conv
+    model(x, repeats=1)
+    with pytest.raises(RuntimeError, match="Conv2d was called more often than in the first"):
+        model(x, repeats=2)
