@@ -580,6 +580,12 @@ class _TrainingForward(ForwardWithHooks):
         return ForwardWithHooks, (model, forward), (model, forward, None)
 
 
+def _is_single_stage_detector(model: torch.nn.Module) -> bool:
+    from mmdet.models.detectors import SingleStageDetector  # only for models with a bbox_head
+
+    return isinstance(model, SingleStageDetector)
+
+
 def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
     """Speed up training without changing any result (a test compares losses, gradients and
     predictions bit for bit):
@@ -609,8 +615,6 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
 
         return call
 
-    from mmdet.models.detectors import SingleStageDetector
-
     kernels = extensions.QuantizedFunctionsCPU._loaded_namespace
     fused = isinstance(kernels, cpu_fake_quantize.FusedQuantizedFunctions)
     patched: list[tuple[torch.nn.Module, str]] = []
@@ -624,7 +628,7 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
     # A two-stage detector's tensor mode runs the RPN's predict_by_feat, whose operations are
     # part of the graph NNCF quantized.
     head = getattr(model, "bbox_head", None)
-    if isinstance(model, SingleStageDetector) and head is not None:
+    if head is not None and _is_single_stage_detector(model):
         for name in ("loss_by_feat", "predict_by_feat"):
             if callable(getattr(type(head), name, None)):
                 targets[id(head), name] = (head, name, getattr(type(head), name))
