@@ -596,8 +596,10 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
       `tensor`-mode graph);
     - with the fused CPU kernels in use, symmetric quantizers run them in one call each way
       (`_fused_symmetric_forward`);
-    - the model's forward runs `_TrainingHookMode`, NNCF's mode with its per-forward set-up
-      done once and hook-less operations called directly (same names, same hooks).
+    - the model's forward is a `_TrainingForward`: with no hook mode at all where every hook
+      sits at a module boundary (`_ModuleHooks`), else `_TrainingHookMode`, NNCF's mode with
+      its per-forward set-up done once and hook-less operations called directly (same names,
+      same hooks).
     Patched on the instances as bound methods (a deep copy, e.g. mmengine's EMA model, rebinds
     them to itself); returns the function that removes the patches."""
     from nncf.torch.function_hook.hook_executor_mode import disable_function_hook_mode
