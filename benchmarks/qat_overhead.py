@@ -56,6 +56,14 @@ def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, l
     return model, build_optim_wrapper(model, cfg.optim_wrapper), batches
 
 
+def _as_training_does() -> None:
+    """The process-wide setting detcompress's training applies (training.run), FP32 and int8
+    alike."""
+    from detcompress import glibc_malloc
+
+    glibc_malloc.keep_freed_memory_for_reuse()
+
+
 def _step(model: Any, optim_wrapper: Any, batch: Any) -> float:
     start = time.perf_counter()
     model.train_step(batch, optim_wrapper)
@@ -63,6 +71,7 @@ def _step(model: Any, optim_wrapper: Any, batch: Any) -> float:
 
 
 def measure_alone(workspace: Path, variant: str, iters: int, warmup: int) -> dict:
+    _as_training_does()
     model, optim_wrapper, batches = _build(workspace, variant, warmup + iters)
     times = [_step(model, optim_wrapper, batch) for batch in batches][warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -70,6 +79,7 @@ def measure_alone(workspace: Path, variant: str, iters: int, warmup: int) -> dic
 
 
 def measure_side_by_side(workspace: Path, iters: int, warmup: int) -> dict:
+    _as_training_does()
     built = {variant: _build(workspace, variant, warmup + iters) for variant in ("fp32", "int8")}
     times: dict[str, list[float]] = {"fp32": [], "int8": []}
     for i in range(warmup + iters):
