@@ -249,6 +249,7 @@ def compress(
     meta = {
         "nncf_config": nncf_config.raw,
         "config_text": cfg.pretty_text,
+        "config_name": loaded.path.name,
         "nncf_compress_postprocessing": loaded.compress_postprocessing,
         "compression_summary": report,
     }
@@ -430,9 +431,8 @@ def resume(
     """Continue a detcompress run from its checkpoint alone: config, data, model and
     compression come from the checkpoint; iteration, optimizer and LR state too. Any number of
     processes can resume a run of any number of processes."""
-    from mmengine.config import Config
-
     from detcompress import detector, distributed, training
+    from detcompress.stored_config import read_stored_config
 
     distributed.check_launcher(launcher, "resume")
     target_device = detector.select_device(device)
@@ -456,7 +456,9 @@ def resume(
             requested = read_preset_file(resolve_preset(preset))
         _nncf_config_of_checkpoint(path, meta, build_nncf_config(requested, "requested"), force)
 
-    cfg = Config.fromstring(meta["config_text"], file_format=".py")
+    cfg = read_stored_config(
+        meta["config_text"], path, trust_checkpoint, meta.get("config_name", "config.py")
+    )
     if max_iters is not None:
         training.set_schedule(cfg, max_iters, None)
     training.share_parameters_safely(cfg)

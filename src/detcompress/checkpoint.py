@@ -27,8 +27,11 @@ _HISTORY_MARK = "__detcompress_history_buffer__"
 def load_checkpoint(path: Path | str, map_location: Any = "cpu", trust: bool = False) -> Any:
     """torch.load with weights_only=True; full unpickling only when `trust` is set."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (.pth)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    check_looks_like_checkpoint(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -46,6 +49,37 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", trust: bool = F
         return torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
         raise _unreadable(path, exc) from exc
+
+
+# torch.save writes a zip archive; torch < 1.6 (and `_use_new_zipfile_serialization=False`)
+# wrote a pickle stream, which starts with the PROTO opcode.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+
+
+def check_looks_like_checkpoint(path: Path) -> None:
+    """Say what a file is when it is not a PyTorch checkpoint at all (before any unpickling,
+    so that the refusal never suggests --trust-checkpoint for it)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
+        return
+    expected = "expected a PyTorch checkpoint (.pth) written by torch.save"
+    if not head:
+        raise CheckpointError(f"{path}: is an empty file; {expected}")
+    text = head.lstrip()
+    if text.startswith((b"<?xml", b"<net")):
+        raise CheckpointError(
+            f"{path}: is an XML file (an OpenVINO IR?), not a checkpoint; {expected} "
+            "(eval and bench take an IR as .xml)"
+        )
+    try:
+        first_line = head.decode("utf-8").strip().splitlines()[0][:80]
+    except (UnicodeDecodeError, IndexError):
+        raise CheckpointError(f"{path}: is not a PyTorch checkpoint; {expected}") from None
+    named = Path(first_line)
+    hint = f" (it names {first_line}: pass that file)" if named.suffix == ".pth" else ""
+    raise CheckpointError(f"{path}: is a text file, not a checkpoint{hint}; {expected}")
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:

@@ -61,3 +61,20 @@ def cuda_set_device_without_cuda() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_device = original
+
+
+@contextlib.contextmanager
+def registry_imports_disabled() -> Iterator[None]:
+    """While active, mmengine's `Registry.get` finds only registered types.
+
+    For a name it does not hold, mmengine 0.10's `Registry.get` falls back to
+    `get_object_from_string`, which imports the name as a dotted path (`subprocess.Popen`);
+    `stored_config` checks the names of a stored config with that fallback switched off."""
+    from mmengine.registry import registry
+
+    original = registry.get_object_from_string
+    registry.get_object_from_string = lambda name: None
+    try:
+        yield
+    finally:
+        registry.get_object_from_string = original

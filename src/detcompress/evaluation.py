@@ -89,7 +89,7 @@ def evaluate(
         model_precision = "int8 (fake-quantized)" if loaded.quantized else "fp32"
         backend = "pytorch"
     else:
-        cfg, metadata = _exported_config(target, kind, config)
+        cfg, metadata = _exported_config(target, kind, config, trust_checkpoint)
         _apply_options(cfg, cfg_options, target)
         _check_classes(cfg, metadata, target)
         model, backend, runs_in = _exported_model(target, cfg, metadata, device, precision)
@@ -122,10 +122,11 @@ def _apply_options(cfg: Any, cfg_options: list[str] | None, source: Path) -> Non
     _apply_cfg_overrides(cfg, parse_cfg_options(cfg_options or []), source)
 
 
-def _exported_config(target: Path, kind: str, config: Path | None) -> tuple[Any, dict[str, Any]]:
-    from mmengine.config import Config
-
+def _exported_config(
+    target: Path, kind: str, config: Path | None, trust: bool
+) -> tuple[Any, dict[str, Any]]:
     from detcompress.config import load_mmdet_config
+    from detcompress.stored_config import read_stored_config
 
     if kind == "openvino":
         from detcompress.backends import openvino_backend
@@ -143,7 +144,7 @@ def _exported_config(target: Path, kind: str, config: Path | None) -> tuple[Any,
     cfg = (
         load_mmdet_config(config)
         if config is not None
-        else Config.fromstring(metadata["config_text"], file_format=".py")
+        else read_stored_config(metadata["config_text"], target, trust, "config.py")
     )
     return cfg, metadata
 

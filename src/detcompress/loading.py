@@ -70,6 +70,8 @@ def model_kind(target: Path) -> str:
             f"{target}: unknown model file type '{target.suffix}'; valid: "
             ".pth (checkpoint), .xml (OpenVINO IR), .onnx"
         )
+    if target.is_dir():
+        raise CheckpointError(f"{target}: is a folder; expected a model file (.pth, .xml, .onnx)")
     if not target.is_file():
         raise CheckpointError(f"{target}: no such file")
     if kind == "openvino" and not target.with_suffix(".bin").is_file():
@@ -90,11 +92,10 @@ def sha256_of(path: Path) -> str:
 def load_detector(
     path: Path, config: Path | None = None, trust_checkpoint: bool = False
 ) -> LoadedDetector:
-    from mmengine.config import Config
-
     from detcompress import api, detector
     from detcompress.checkpoint import load_checkpoint
     from detcompress.config import load_mmdet_config
+    from detcompress.stored_config import read_stored_config
 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -103,7 +104,9 @@ def load_detector(
     if config is not None:
         cfg = load_mmdet_config(config)
     elif meta.get("config_text"):
-        cfg = Config.fromstring(meta["config_text"], file_format=".py")
+        cfg = read_stored_config(
+            meta["config_text"], path, trust_checkpoint, meta.get("config_name", "config.py")
+        )
     else:
         stored = (checkpoint.get("meta") or {}).get("cfg") if isinstance(checkpoint, dict) else None
         if not isinstance(stored, str):
@@ -111,7 +114,7 @@ def load_detector(
                 f"{path}: holds no config (not written by detcompress or mmengine); pass "
                 "--config with the mmdet config it was trained with"
             )
-        cfg = Config.fromstring(stored, file_format=".py")
+        cfg = read_stored_config(stored, path, trust_checkpoint, "config.py")
     model = detector.build_detector(cfg)
     compressed = bool(meta.get("compressed"))
     if compressed:
