@@ -14,16 +14,27 @@ import yaml
 
 from detcompress.config import LoadedConfig, check_data_paths, load_config
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
-from detcompress.io import checkpoint_iteration, latest_checkpoint
+from detcompress.io import (
+    check_output_dir,
+    check_output_file,
+    checkpoint_iteration,
+    latest_checkpoint,
+    looks_complete,
+)
 
 # ---------------------------------------------------------------------------------------------
 # init
 
 
-def init_demo(directory: Path, seed: int = 0, force: bool = False) -> Path:
+def init_demo(
+    directory: Path,
+    seed: int = 0,
+    force: bool = False,
+    report: Callable[[str], None] = lambda line: None,
+) -> Path:
     from detcompress.demo import init_demo as write_workspace
 
-    return write_workspace(directory, seed=seed, force=force)
+    return write_workspace(directory, seed=seed, force=force, report=report)
 
 
 def init_preset(name: str, output: Path | None = None, force: bool = False) -> Path:
@@ -38,6 +49,7 @@ def init_preset(name: str, output: Path | None = None, force: bool = False) -> P
             f"{', '.join(bundled)}"
         )
     target = output or Path(f"{name}.yaml")
+    check_output_file(target, "--output")
     if target.exists() and not force:
         raise OutputExistsError(f"{target}: file exists; pass --force to overwrite it")
     atomic_write_text(target, bundled[name].read_text(encoding="utf-8"))
@@ -170,6 +182,7 @@ def plan_compress(
     cfg = loaded.cfg
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
+    check_output_dir(resolved_work_dir, "--work-dir")
     return CompressPlan(
         loaded, resolved_work_dir, resolved_load, max_iters, max_epochs, list(loaded.warnings)
     )
@@ -268,10 +281,7 @@ def compress(
     if post_training_only and report:
         # Compression was initialized but nothing trained (post-training quantization): the
         # Runner saved nothing, so save the calibrated model here.
-        result.runner.save_checkpoint(
-            str(plan.work_dir), "ptq.pth", save_optimizer=False, save_param_scheduler=False
-        )
-        checkpoint = plan.work_dir / "ptq.pth"
+        checkpoint = training.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
     return CompressResult(
         result.work_dir,
         checkpoint,
@@ -380,24 +390,34 @@ def _nncf_config_of_checkpoint(
 
 def _claim_work_dir(work_dir: Path, force: bool, after_iteration: int = -1) -> None:
     """Refuse to mix a run into a work dir holding checkpoints it would overwrite (for a
-    resumed run: checkpoints after the iteration it resumes from)."""
-    existing = sorted(work_dir.glob("*.pth")) if work_dir.is_dir() else []
+    resumed run: checkpoints after the iteration it resumes from). With `force` they are moved
+    aside, never deleted: complete ones to `previous_run_<time>/`, unreadable ones (an
+    interrupted save of an older version) to `corrupt_<time>/`."""
+    from detcompress.io import remove_stale_temporaries
+
+    if work_dir.exists() and not work_dir.is_dir():
+        raise OutputExistsError(f"{work_dir}: is a file; --work-dir must be a folder")
+    if not work_dir.is_dir():
+        return
+    remove_stale_temporaries(work_dir)  # left by a process killed while saving
     existing = [
-        p for p in existing if after_iteration < 0 or checkpoint_iteration(p) > after_iteration
+        p
+        for p in sorted(work_dir.glob("*.pth"))
+        if after_iteration < 0 or checkpoint_iteration(p) > after_iteration
     ]
+    corrupt = [p for p in existing if not looks_complete(p)]
     if existing and not force:
         what = "an earlier run" if after_iteration < 0 else f"iterations after {after_iteration}"
+        state = f"; {corrupt[0].name} is truncated or corrupt" if corrupt else ""
         raise OutputExistsError(
-            f"{work_dir}: holds checkpoints of {what} ({existing[0].name}, ...); choose another "
-            "--work-dir, or pass --force to move them aside"
+            f"{work_dir}: holds checkpoints of {what} ({existing[0].name}, ...){state}; choose "
+            "another --work-dir, or pass --force to move them aside"
         )
-    if force and existing:
-        # Keep the earlier run's checkpoints, moved aside, never deleted.
-        stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(existing[-1].stat().st_mtime))
-        backup = work_dir / f"previous_run_{stamp}"
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    for ckpt in existing:
+        backup = work_dir / f"{'corrupt' if ckpt in corrupt else 'previous_run'}_{stamp}"
         backup.mkdir(exist_ok=True)
-        for ckpt in existing:
-            shutil.move(str(ckpt), backup / ckpt.name)
+        shutil.move(str(ckpt), backup / ckpt.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +432,11 @@ def find_checkpoint(target: Path) -> Path:
         latest = latest_checkpoint(target)
         if latest is not None:
             return latest
-        raise CheckpointError(f"{target}: work dir holds no checkpoint (iter_*.pth, epoch_*.pth)")
+        found = sorted(target.glob("*_*.pth"))
+        state = f" (its {found[-1].name} is truncated or corrupt)" if found else ""
+        raise CheckpointError(
+            f"{target}: work dir holds no checkpoint (iter_*.pth, epoch_*.pth){state}"
+        )
     raise CheckpointError(f"{target}: no such checkpoint file or work dir")
 
 
@@ -439,6 +463,7 @@ def resume(
     from detcompress.checkpoint import load_checkpoint
     from detcompress.presets import build_nncf_config, read_preset_file, resolve_preset
 
+    check_output_dir(work_dir, "--work-dir")
     path = find_checkpoint(target)
     checkpoint = load_checkpoint(path, trust=trust_checkpoint)
     meta = detector.detcompress_meta(checkpoint)
@@ -462,7 +487,9 @@ def resume(
     if max_iters is not None:
         training.set_schedule(cfg, max_iters, None)
     training.share_parameters_safely(cfg)
-    cfg.work_dir = str(work_dir or Path(cfg.work_dir))
+    # Where the checkpoint is, not the work dir recorded in it: a run copied elsewhere must
+    # not write into the original.
+    cfg.work_dir = str(work_dir or path.parent)
     done = int(checkpoint.get("meta", {}).get("iter", 0))
     dist = distributed.init(launcher, target_device, cfg)
     if not stored.is_empty:

@@ -78,3 +78,31 @@ def registry_imports_disabled() -> Iterator[None]:
         yield
     finally:
         registry.get_object_from_string = original
+
+
+@contextlib.contextmanager
+def atomic_checkpoint_saves() -> Iterator[None]:
+    """While active, mmengine's Runner writes local checkpoints atomically.
+
+    mmengine 0.10's `save_checkpoint` writes straight to the final name (`LocalBackend.put`
+    opens it with 'wb'), so a SIGKILL or a full disk during the save leaves a truncated
+    `iter_N.pth` that `resume` would pick. Here the bytes go to a temporary file beside it,
+    are flushed to disk, and only then renamed to the final name; a temporary file a killed
+    process left behind is removed by the next run (`io.remove_stale_temporaries`)."""
+    from mmengine.runner import runner as runner_module
+
+    original = runner_module.save_checkpoint
+
+    def save_checkpoint(checkpoint: dict, filename: str, **kwargs: Any) -> None:
+        if "://" in str(filename) or any(kwargs.values()):
+            original(checkpoint, filename, **kwargs)  # a remote backend: mmengine's way
+            return
+        from detcompress.io import atomic_torch_save
+
+        atomic_torch_save(checkpoint, filename)
+
+    runner_module.save_checkpoint = save_checkpoint
+    try:
+        yield
+    finally:
+        runner_module.save_checkpoint = original

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 
 from detcompress.errors import OutputExistsError
-from detcompress.io import atomic_dir
+from detcompress.io import atomic_dir, check_output_dir, staging_dir
 
 CLASSES = ("circle", "square", "triangle")
 PALETTE = [(220, 20, 60), (0, 128, 255), (60, 180, 75)]
@@ -329,30 +330,98 @@ Next commands (run from this folder):
 """
 
 
-def init_demo(
-    directory: Path, seed: int = 0, force: bool = False, spec: DemoSpec = DemoSpec()
-) -> Path:
-    """Write a demo workspace into `directory` (atomically). Returns the config path."""
-    from detcompress.presets import bundled_presets
+MANIFEST = ".detcompress-workspace.json"
 
+
+def init_demo(
+    directory: Path,
+    seed: int = 0,
+    force: bool = False,
+    spec: DemoSpec = DemoSpec(),
+    report: Callable[[str], None] = lambda line: None,
+) -> Path:
+    """Write a demo workspace into `directory`. Returns the config path.
+
+    A new folder is written atomically. With `force`, an existing folder keeps everything that
+    `init` did not write (work dirs, the user's own files); of the files `init` writes, those it
+    wrote before and nobody changed since (see the manifest) are replaced, any other is moved
+    to `previous_init_<time>/`, never deleted."""
+    check_output_dir(directory, "init demo")
     if directory.exists() and any(directory.iterdir()) and not force:
         raise OutputExistsError(
-            f"{directory}: folder exists and is not empty; choose another or pass --force"
+            f"{directory}: folder exists and is not empty; choose another or pass --force "
+            "(which refreshes only the workspace's own files)"
         )
-    with atomic_dir(directory, replace=force) as tmp:
-        write_dataset(tmp / "data", seed, spec)
-        (tmp / "configs").mkdir()
-        (tmp / "configs" / "demo.py").write_text(demo_config_text(size=spec.image_size))
-        (tmp / "presets").mkdir()
-        for name, path in bundled_presets().items():
-            shutil.copy(path, tmp / "presets" / f"{name}.yaml")
-        (tmp / "README.md").write_text(
-            WORKSPACE_README.format(
-                seed=seed,
-                classes=", ".join(CLASSES),
-                train=spec.train_images,
-                val=spec.val_images,
-                size=spec.image_size,
-            )
-        )
+    if not directory.exists() or not any(directory.iterdir()):
+        with atomic_dir(directory, replace=True) as tmp:
+            _write_workspace(tmp, seed, spec)
+    else:
+        with staging_dir(directory) as tmp:
+            _write_workspace(tmp, seed, spec)
+            aside = _refresh_into(tmp, directory)
+            if aside.exists():
+                report(f"files of the earlier workspace that were edited moved to {aside}")
     return directory / "configs" / "demo.py"
+
+
+def _write_workspace(folder: Path, seed: int, spec: DemoSpec) -> None:
+    from detcompress.presets import bundled_presets
+
+    write_dataset(folder / "data", seed, spec)
+    (folder / "configs").mkdir()
+    (folder / "configs" / "demo.py").write_text(demo_config_text(size=spec.image_size))
+    (folder / "presets").mkdir()
+    for name, path in bundled_presets().items():
+        shutil.copy(path, folder / "presets" / f"{name}.yaml")
+    (folder / "README.md").write_text(
+        WORKSPACE_README.format(
+            seed=seed,
+            classes=", ".join(CLASSES),
+            train=spec.train_images,
+            val=spec.val_images,
+            size=spec.image_size,
+        )
+    )
+    written = {
+        str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+    (folder / MANIFEST).write_text(json.dumps(written, indent=1) + "\n")
+
+
+def _refresh_into(new: Path, directory: Path) -> Path:
+    """Move the files of the workspace just written in `new` into the existing `directory`
+    (emptying `new`); a file there that `init` did not write, or that changed since, is moved
+    aside first."""
+    import os
+    import time
+
+    manifest = directory / MANIFEST
+    try:
+        ours = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except (OSError, ValueError):
+        ours = {}
+    aside = directory / time.strftime("previous_init_%Y%m%d_%H%M%S")
+    for source in sorted(p for p in new.rglob("*") if p.is_file()):
+        relative = source.relative_to(new)
+        target = directory / relative
+        for parent in reversed(relative.parents[:-1]):  # a file where we need a folder
+            if (directory / parent).is_file():
+                _move_aside(directory / parent, aside / parent)
+        unchanged = target.is_file() and ours.get(str(relative)) == _digest(target)
+        if target.exists() and relative.name != MANIFEST and not unchanged:
+            _move_aside(target, aside / relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    return aside
+
+
+def _move_aside(path: Path, to: Path) -> None:
+    to.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(to)
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

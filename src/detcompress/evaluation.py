@@ -13,6 +13,7 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from detcompress.errors import CheckpointError, ConfigError, DetcompressError
+from detcompress.io import check_output_dir
 from detcompress.loading import model_kind
 
 DEVICES = ("CPU", "GPU", "AUTO")
@@ -76,6 +77,7 @@ def evaluate(
         raise DetcompressError(f"--precision is '{precision}'; valid: {', '.join(PRECISIONS)}")
     if batch_size is not None and batch_size < 1:
         raise DetcompressError(f"--batch-size is {batch_size}; it must be at least 1")
+    check_output_dir(show_dir, "--show-dir")
 
     if kind == "pytorch":
         from detcompress import detector

@@ -22,6 +22,7 @@ from detcompress.deploy_graph import (
     preprocessing_of,
 )
 from detcompress.errors import DetcompressError, OutputExistsError
+from detcompress.io import atomic_dir, check_output_dir
 from detcompress.loading import LoadedDetector, load_detector, sha256_of
 
 FORMATS = {"openvino": "model.xml", "onnx": "model.onnx"}
@@ -117,7 +118,8 @@ def export(
     if batch < 1:
         raise DetcompressError(f"--batch is {batch}; it must be at least 1")
     out_dir = out or default_out_dir(checkpoint)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+    check_output_dir(out_dir, "--out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise OutputExistsError(f"{out_dir}: already exists; choose another --out or pass --force")
 
     loaded = load_detector(checkpoint, config, trust_checkpoint)
@@ -140,8 +142,6 @@ def export(
     output_names = ["boxes", "scores"] if postprocessing else graph.raw_output_names
     precision = loaded.precision
     metadata = _metadata(loaded, prep, graph, params, precision, batch, dynamic_batch, formats)
-
-    from detcompress.io import atomic_dir
 
     files: dict[str, Path] = {}
     verification: dict[str, dict[str, Any]] = {}

@@ -92,6 +92,9 @@ def check_plot_path(path: Path) -> None:
         raise DetcompressError(f"--plot {path}: must be a .png file")
     if not path.parent.is_dir():
         raise DetcompressError(f"--plot {path}: folder {path.parent} does not exist")
+    from detcompress.io import check_output_file
+
+    check_output_file(path, "--plot")
 
 
 def write_plot(report: BenchReport, path: Path) -> None:

@@ -22,6 +22,7 @@ from detcompress.checkpoint import (
     plain,
     to_safe_message_hub,
 )
+from detcompress.compat import atomic_checkpoint_saves
 from detcompress.errors import ConfigError
 from detcompress.io import latest_checkpoint
 
@@ -286,7 +287,29 @@ def run(
     hooks: list[Any] | None = None,
 ) -> TrainResult:
     """Train (or only validate) `model` through mmengine's Runner; with `cfg.resume` and
-    `cfg.load_from` set, continue from that checkpoint."""
+    `cfg.load_from` set, continue from that checkpoint. Checkpoints are written atomically."""
+    with atomic_checkpoint_saves():
+        return _run(cfg, model, meta, structure, trust_checkpoint, evaluate_only, hooks)
+
+
+def save_checkpoint(runner: Any, work_dir: Path, name: str) -> Path:
+    """The Runner's model, without optimizer or schedule, as `work_dir/name` (atomically)."""
+    with atomic_checkpoint_saves():
+        runner.save_checkpoint(
+            str(work_dir), name, save_optimizer=False, save_param_scheduler=False
+        )
+    return work_dir / name
+
+
+def _run(
+    cfg: Any,
+    model: Any,
+    meta: dict[str, Any],
+    structure: Callable[[Any], dict[str, Any] | None],
+    trust_checkpoint: bool,
+    evaluate_only: bool,
+    hooks: list[Any] | None,
+) -> TrainResult:
     install_mmengine_loader(trust=trust_checkpoint)
     work_dir = Path(cfg.work_dir)
     recorder = MetricsRecorderHook()

@@ -47,6 +47,13 @@ def write_json(path: Path | None, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_output_file(path: Path | None, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work starts."""
+    from detcompress.io import check_output_file as check
+
+    check(path, option)
+
+
 def is_quiet(quiet: bool) -> bool:
     return quiet or not sys.stderr.isatty()
 

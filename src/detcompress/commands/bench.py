@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors, write_json
+from detcompress.commands._common import check_output_file, user_errors, write_json
 
 
 @user_errors
@@ -45,6 +45,7 @@ def bench(
     from detcompress.benchmarking import bench as run_bench
     from detcompress.report import bench_table, check_plot_path, write_plot
 
+    check_output_file(json_path, "--json")
     if plot is not None:
         check_plot_path(plot)
     report = run_bench(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import all_cfg_options, user_errors, write_json
+from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
 from detcompress.errors import DetcompressError
 
 
@@ -57,6 +57,7 @@ def compress(
 
     if max_iters is not None and max_epochs is not None:
         raise DetcompressError("give --max-iters or --max-epochs, not both")
+    check_output_file(json_path, "--json")
     options = all_cfg_options(cfg_options, ctx.args)
     plan = api.plan_compress(
         config,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import all_cfg_options, user_errors, write_json
+from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
 
 
 @user_errors
@@ -42,6 +42,7 @@ def evaluate(
     same preprocessing and metric code for PyTorch, OpenVINO and ONNX Runtime."""
     from detcompress.evaluation import evaluate
 
+    check_output_file(json_path, "--json")
     result = evaluate(
         target,
         config=config,

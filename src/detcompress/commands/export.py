@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors, write_json
+from detcompress.commands._common import check_output_file, user_errors, write_json
 
 
 @user_errors
@@ -52,6 +52,7 @@ def export(
     description beside it, and verify the exported model against PyTorch."""
     from detcompress.export import export as run_export
 
+    check_output_file(json_path, "--json")
     result = run_export(
         checkpoint,
         to=to,

@@ -17,12 +17,15 @@ app = typer.Typer(help="Create a demo workspace or a preset file to edit.", no_a
 def demo(
     directory: Annotated[Path, typer.Argument(help="Workspace folder to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace an existing non-empty folder.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Refresh the workspace's own files in an existing folder (keeps yours)."),
+    ] = False,
 ) -> None:
     """Write a demo workspace: synthetic COCO dataset, mmdet config, presets, README."""
     from detcompress import api
 
-    config = api.init_demo(directory, seed=seed, force=force)
+    config = api.init_demo(directory, seed=seed, force=force, report=typer.echo)
     typer.echo(f"demo workspace written to {directory}")
     typer.echo(f"next: detcompress compress {config}")
 

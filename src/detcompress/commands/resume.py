@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import user_errors, write_json
+from detcompress.commands._common import check_output_file, user_errors, write_json
 
 
 @user_errors
@@ -47,6 +47,7 @@ def resume(
     optimizer state and learning rate; config, data and compression come from the checkpoint."""
     from detcompress import api
 
+    check_output_file(json_path, "--json")
     result = api.resume(
         target,
         max_iters=max_iters,
