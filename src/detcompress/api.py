@@ -199,6 +199,7 @@ def compress(
     force: bool = False,
     device: str = "auto",
     launcher: str = "none",
+    allow_partial_load: bool = False,
 ) -> CompressResult:
     """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
     compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner;
@@ -241,10 +242,12 @@ def compress(
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
     else:
         if plan.load_from is not None and source is not None:
-            detector.load_weights(model, source, plan.load_from)
+            filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
+            report_lines.append(filled.line(plan.load_from))
         if not nncf_config.is_empty:
             model, init_report = _initialize_compression(cfg, model.to(target_device), nncf_config)
-            report_lines, report = init_report.lines, init_report.data
+            report_lines += init_report.lines
+            report = init_report.data
     # Every rank starts from rank 0's weights and compression (see distributed.py).
     distributed.broadcast_state(model, dist)
     if dist.distributed:
@@ -365,8 +368,19 @@ def _rebuild_compressed(
     """`_rebuild_structure`, then the checkpoint's weights and quantizer values."""
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-    model = _rebuild_structure(model, meta, source)
-    _load_checkpoint_to_model(model, checkpoint, strict=True)
+    try:
+        model = _rebuild_structure(model, meta, source)
+        _load_checkpoint_to_model(model, checkpoint, strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next(
+            (line for line in lines if "size mismatch" in line), lines[0] if lines else ""
+        )
+        raise CheckpointError(
+            f"{source}: its compressed weights do not fit the model of this config "
+            f"({type(exc).__name__}: {detail[:300]}); pass the --config it was trained with, "
+            "or none to use the one stored in it"
+        ) from None
     return model
 
 
@@ -440,6 +454,30 @@ def find_checkpoint(target: Path) -> Path:
     raise CheckpointError(f"{target}: no such checkpoint file or work dir")
 
 
+def _check_something_left_to_train(
+    path: Path, cfg: Any, checkpoint: dict[str, Any], max_iters: int | None
+) -> None:
+    """A finished run, a post-training checkpoint or a --max-iters at or below the checkpoint's
+    iteration would only validate again: say so instead of "succeeding"."""
+    meta = checkpoint.get("meta") or {}
+    train_cfg = cfg.get("train_cfg") or {}
+    if "max_epochs" in train_cfg and "max_iters" not in train_cfg:
+        done, end, unit = int(meta.get("epoch", 0)), int(train_cfg["max_epochs"]), "epoch"
+    else:
+        done, end, unit = int(meta.get("iter", 0)), int(train_cfg.get("max_iters", 0)), "iteration"
+    if end == 0 or "optimizer" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: a post-training (--max-iters 0) checkpoint has no training to resume; to "
+            f"fine-tune it, run `detcompress compress CONFIG --load-from {path} --max-iters N`"
+        )
+    if done >= end:
+        why = f"--max-iters {max_iters}" if max_iters is not None else "the run's schedule"
+        raise CheckpointError(
+            f"{path}: nothing to train: the checkpoint is at {unit} {done} and {why} ends at "
+            f"{end}; pass --max-iters N with N > {done} to train further"
+        )
+
+
 def resume(
     target: Path,
     max_iters: int | None = None,
@@ -491,6 +529,7 @@ def resume(
     # not write into the original.
     cfg.work_dir = str(work_dir or path.parent)
     done = int(checkpoint.get("meta", {}).get("iter", 0))
+    _check_something_left_to_train(path, cfg, checkpoint, max_iters)
     dist = distributed.init(launcher, target_device, cfg)
     if not stored.is_empty:
         from detcompress.compression.pipeline import check_distributed

@@ -25,6 +25,7 @@ BACKENDS = {"openvino": "openvino", "onnx": "onnxruntime", "pytorch": "pytorch"}
 DEVICES = ("CPU", "GPU", "AUTO")
 MODES = ("latency", "throughput", "both")
 PRECISIONS = ("auto", "f32")
+MAX_SECONDS = 3600.0
 MIN_CALLS = 5  # latency percentiles of fewer calls mean nothing, whatever --seconds says
 WARMUP_SECONDS_MAX = 2.0
 # CPU features that decide which precision an FP32 model really runs in, and how fast int8 is.
@@ -150,8 +151,11 @@ def check_inputs(
         raise DetcompressError(
             f"--precision {precision}: not supported; valid: {', '.join(PRECISIONS)}"
         )
-    if not seconds > 0:
-        raise DetcompressError(f"--seconds {seconds}: must be more than 0 (seconds per mode)")
+    if not 0 < seconds <= MAX_SECONDS:  # also refuses nan and inf
+        raise DetcompressError(
+            f"--seconds {seconds}: must be more than 0 and at most {MAX_SECONDS:g} (seconds per "
+            "model and mode)"
+        )
     if batch is not None and batch < 1:
         raise DetcompressError(f"--batch {batch}: must be at least 1")
     if threads is not None and threads < 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from detcompress.errors import ConfigError, closest
+from detcompress.errors import ConfigError, PresetError, closest
 from detcompress.presets import (
     NNCFConfig,
     build_nncf_config,
@@ -118,6 +118,12 @@ def load_config(
         validate(merged, "--cfg-options", complete=False)
         sources.append("--cfg-options")
     nncf = build_nncf_config(merged, " + ".join(sources) or str(path))
+    if preset is not None and nncf.is_empty:
+        raise PresetError(
+            f"{resolve_preset(preset)}: compresses nothing (no algorithm under 'compression'); "
+            "a preset names at least one, e.g. 'compression: {algorithm: quantization}'. To "
+            "fine-tune without compression, leave --preset out"
+        )
 
     postprocessing = cfg.get("nncf_compress_postprocessing", True)
     if not isinstance(postprocessing, bool):
@@ -163,6 +169,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, option: str) -> d
     return out
 
 
+def apply_cfg_options(cfg: Any, options: list[str] | None, source: Path) -> None:
+    """`--cfg-options key=value ...` applied to an already loaded config."""
+    _apply_cfg_overrides(cfg, parse_cfg_options(options or []), source)
+
+
 def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> None:
     for key, _ in pairs:
         top = key.split(".")[0]
@@ -170,11 +181,39 @@ def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> 
             raise ConfigError(
                 f"--cfg-options: unknown key '{key}' in {path}{closest(top, list(cfg.keys()))}"
             )
+    for key, value in pairs:
+        _check_same_kind(cfg, key, value, path)
     if pairs:
         try:
             cfg.merge_from_dict(dict(pairs), allow_list_keys=True)
         except Exception as exc:
             raise ConfigError(f"--cfg-options: cannot apply to {path}: {exc}") from exc
+
+
+def _check_same_kind(cfg: Any, key: str, value: Any, path: Path) -> None:
+    """A number or a boolean of the config is not replaced by a value of another kind (YAML
+    reads `lr=abc` as a string, which would fail deep inside torch)."""
+    current: Any = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg  # a Config: its dict
+    for part in key.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list | tuple) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return  # a new key: nothing to compare with
+    if isinstance(current, bool) and not isinstance(value, bool):
+        expected = "true or false"
+    elif (
+        isinstance(current, int | float)
+        and not isinstance(current, bool)
+        and (isinstance(value, bool) or not isinstance(value, int | float))
+    ):
+        expected = "a number"
+    else:
+        return
+    raise ConfigError(
+        f"--cfg-options: '{key}' is {current!r} in {path}; got {value!r}, expected {expected}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

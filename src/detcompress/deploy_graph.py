@@ -87,6 +87,10 @@ def preprocessing_of(cfg: Any, input_shape: tuple[int, int] | None, source: str)
         height, width = _round_up(height, divisor), _round_up(width, divisor)
     else:
         height, width = input_shape
+        if height < 1 or width < 1:
+            raise DetcompressError(
+                f"--input-shape {height} {width}: height and width must be positive"
+            )
     if height % divisor or width % divisor:
         raise DetcompressError(
             f"--input-shape {height} {width}: not divisible by {divisor} (the model's "

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from detcompress.compat import apply_mmdet_workarounds, route_head_through_module
-from detcompress.errors import CheckpointError, DetcompressError
+from detcompress.errors import CheckpointError, ConfigError, DetcompressError
 
 NNCF_STATE_MARK = "__nncf_hooks"
 
@@ -27,11 +28,32 @@ def build_detector(cfg: Any) -> Any:
     seed = (cfg.get("randomness") or {}).get("seed")
     if seed is not None:
         set_random_seed(seed)
-    model = MODELS.build(cfg.model)
+    from mmdet.models.detectors import BaseDetector
+
+    model_type = cfg.model.get("type") if isinstance(cfg.get("model"), dict) else None
+    if model_type is None:
+        raise ConfigError(f"{_source(cfg)}: no 'model' with a 'type' in the config")
+    try:
+        model = MODELS.build(cfg.model)
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        first = str(exc).strip().strip("'\"").splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"{_source(cfg)}: 'model' ({model_type}) cannot be built: {type(exc).__name__}: "
+            f"{first[:300]}"
+        ) from None
+    if not isinstance(model, BaseDetector):
+        raise ConfigError(
+            f"{_source(cfg)}: 'model.type' is {model_type}, a {type(model).__name__} but not an "
+            "mmdet detector; detcompress compresses detectors (e.g. RetinaNet, RTMDet, YOLOX)"
+        )
     with _quiet_mmengine_logger():  # init_weights logs one INFO block per parameter
         model.init_weights()
     route_head_through_module(model)
     return model
+
+
+def _source(cfg: Any) -> str:
+    return str(cfg.filename) if getattr(cfg, "filename", None) else "config"
 
 
 @contextlib.contextmanager
@@ -80,8 +102,36 @@ def mark_initialized(model: Any) -> None:
     model.init_weights = init_weights
 
 
-def load_weights(model: Any, checkpoint: dict[str, Any], source: Path) -> None:
-    """Load an uncompressed checkpoint's weights the way mmengine's `load_from` does."""
+@dataclass
+class LoadReport:
+    """How much of a model a checkpoint filled."""
+
+    loaded: int  # tensors of the model found in the checkpoint with the same shape
+    total: int  # tensors of the model
+    missing: int
+    unexpected: int
+    mismatched: int  # same name, other shape
+    loaded_fraction: float  # of the model's parameter elements
+
+    def line(self, source: Path) -> str:
+        return (
+            f"{source}: loaded {self.loaded} of the model's {self.total} tensors "
+            f"({self.loaded_fraction:.0%} of its weights); missing {self.missing}, unexpected "
+            f"{self.unexpected}, other shape {self.mismatched}"
+        )
+
+
+# Below this share of the model's weights a checkpoint is most likely not the model's.
+MIN_LOADED_FRACTION = 0.5
+
+
+def load_weights(
+    model: Any, checkpoint: dict[str, Any], source: Path, allow_partial: bool = False
+) -> LoadReport:
+    """Load an uncompressed checkpoint's weights the way mmengine's `load_from` does; refuse a
+    checkpoint that fills less than half of the model's weights unless `allow_partial`."""
+    import re
+
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
     state = checkpoint.get("state_dict", checkpoint)
@@ -93,7 +143,34 @@ def load_weights(model: Any, checkpoint: dict[str, Any], source: Path) -> None:
             "(not a detcompress checkpoint?); loading it into a plain model would silently give "
             "FP32 weights"
         )
+    report = _load_report(model, {re.sub(r"^module\.", "", k): v for k, v in state.items()})
+    if report.loaded_fraction < MIN_LOADED_FRACTION and not allow_partial:
+        raise CheckpointError(
+            f"{report.line(source)}: not this config's model? Pass --allow-partial-load to "
+            "start from it anyway"
+        )
     _load_checkpoint_to_model(model, checkpoint, strict=False, revise_keys=[(r"^module\.", "")])
+    return report
+
+
+def _load_report(model: Any, state: dict[str, Any]) -> LoadReport:
+    import torch
+
+    own = model.state_dict()
+    parameters = dict(model.named_parameters())
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    loaded = [k for k in own if k in tensors and tensors[k].shape == own[k].shape]
+    mismatched = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    total_elements = sum(p.numel() for p in parameters.values()) or 1
+    loaded_elements = sum(parameters[k].numel() for k in loaded if k in parameters)
+    return LoadReport(
+        loaded=len(loaded),
+        total=len(own),
+        missing=sum(1 for k in own if k not in tensors),
+        unexpected=sum(1 for k in tensors if k not in own),
+        mismatched=len(mismatched),
+        loaded_fraction=loaded_elements / total_elements,
+    )
 
 
 def detcompress_meta(checkpoint: Any) -> dict[str, Any] | None:

@@ -85,9 +85,10 @@ def evaluate(
         detector.select_device({"CPU": "cpu", "GPU": "cuda", "AUTO": "auto"}[device])
         from detcompress.loading import load_detector
 
-        loaded = load_detector(target, config, trust_checkpoint)
+        # The options reach the model too (e.g. model.test_cfg.score_thr): applied before it is
+        # built.
+        loaded = load_detector(target, config, trust_checkpoint, cfg_options)
         cfg, model = loaded.cfg, loaded.model
-        _apply_options(cfg, cfg_options, target)
         model_precision = "int8 (fake-quantized)" if loaded.quantized else "fp32"
         backend = "pytorch"
     else:
@@ -114,14 +115,24 @@ def evaluate(
         dataset=str(Path(dataset.get("data_root", "")) / dataset.get("ann_file", "")),
         num_images=images,
         images_per_second=images / seconds if seconds > 0 else 0.0,
-        metrics={k.split("/", 1)[-1]: float(v) for k, v in metrics.items()},
+        metrics=_with_map_keys({k.split("/", 1)[-1]: float(v) for k, v in metrics.items()}),
     )
 
 
-def _apply_options(cfg: Any, cfg_options: list[str] | None, source: Path) -> None:
-    from detcompress.config import _apply_cfg_overrides, parse_cfg_options
+def _with_map_keys(metrics: dict[str, float]) -> dict[str, float]:
+    """mmdet's CocoMetric reports nothing at all when the model made no detection above the
+    config's score_thr; the mAP is then 0 (no recall at any threshold). Written out, so that
+    `eval --json` always carries the keys that `bench --eval-json` reads."""
+    if metrics:
+        return metrics
+    # The size buckets stay out: they are -1 where the dataset has no object of that size.
+    return {"bbox_mAP": 0.0, "bbox_mAP_50": 0.0, "bbox_mAP_75": 0.0}
 
-    _apply_cfg_overrides(cfg, parse_cfg_options(cfg_options or []), source)
+
+def _apply_options(cfg: Any, cfg_options: list[str] | None, source: Path) -> None:
+    from detcompress.config import apply_cfg_options
+
+    apply_cfg_options(cfg, cfg_options, source)
 
 
 def _exported_config(

@@ -117,6 +117,11 @@ def export(
     formats = formats_of(to)
     if batch < 1:
         raise DetcompressError(f"--batch is {batch}; it must be at least 1")
+    if dynamic_batch and batch != 1:
+        raise DetcompressError(
+            f"--batch {batch} with --dynamic-batch: a dynamic batch has no fixed size; give one "
+            "of the two"
+        )
     out_dir = out or default_out_dir(checkpoint)
     check_output_dir(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:

@@ -65,6 +65,11 @@ def model_kind(target: Path) -> str:
     """'pytorch', 'openvino' or 'onnx' for a model file that exists with everything it needs
     beside it; a clear error otherwise."""
     kind = MODEL_KINDS.get(target.suffix.lower())
+    if kind is None and target.suffix.lower() == ".json":
+        raise DetcompressError(
+            f"{target}: a JSON file is not a model; give each 'detcompress eval --json' result "
+            "with its own --eval-json"
+        )
     if kind is None:
         raise DetcompressError(
             f"{target}: unknown model file type '{target.suffix}'; valid: "
@@ -78,7 +83,31 @@ def model_kind(target: Path) -> str:
         raise CheckpointError(
             f"{target}: its weights file {target.with_suffix('.bin').name} is missing beside it"
         )
+    if kind != "pytorch":
+        _check_readable(target, kind)
     return kind
+
+
+def _check_readable(target: Path, kind: str) -> None:
+    """A truncated or corrupt IR / ONNX file is one clear line, before anything else runs."""
+    try:
+        if kind == "openvino":
+            from detcompress.backends import openvino_backend
+
+            openvino_backend.read_model(target)
+        else:
+            import onnx
+
+            onnx.load(str(target), load_external_data=False)
+    except Exception as exc:  # OpenVINO and protobuf raise many kinds; the user needs one line
+        # OpenVINO's message starts with its own source location; the reason is the last line.
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        first = lines[-1][:200] if lines else ""
+        what = "OpenVINO IR (.xml + .bin)" if kind == "openvino" else "ONNX model"
+        raise CheckpointError(
+            f"{target}: not a readable {what}, truncated or corrupt? ({type(exc).__name__}"
+            f"{': ' + first if first else ''})"
+        ) from None
 
 
 def sha256_of(path: Path) -> str:
@@ -90,7 +119,10 @@ def sha256_of(path: Path) -> str:
 
 
 def load_detector(
-    path: Path, config: Path | None = None, trust_checkpoint: bool = False
+    path: Path,
+    config: Path | None = None,
+    trust_checkpoint: bool = False,
+    cfg_options: list[str] | None = None,
 ) -> LoadedDetector:
     from detcompress import api, detector
     from detcompress.checkpoint import load_checkpoint
@@ -115,6 +147,10 @@ def load_detector(
                 "--config with the mmdet config it was trained with"
             )
         cfg = read_stored_config(stored, path, trust_checkpoint, "config.py")
+    if cfg_options:
+        from detcompress.config import apply_cfg_options
+
+        apply_cfg_options(cfg, cfg_options, path)
     model = detector.build_detector(cfg)
     compressed = bool(meta.get("compressed"))
     if compressed:

@@ -57,6 +57,10 @@ def read_preset_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PresetError(f"{path}: cannot read preset: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise PresetError(
+            f"{path}: not a text file (UTF-8); a preset is YAML or JSON in NNCF's config schema"
+        ) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -312,6 +316,7 @@ class QuantizerSettings:
     mode: str | None
     per_channel: bool | None
     bits: int = 8
+    signed: bool | None = None  # None: NNCF decides from the statistics
 
 
 @dataclass(frozen=True)
@@ -399,7 +404,9 @@ def _typed_algorithm(algo: dict[str, Any]) -> Algorithm:
 
     def quantizer(key: str) -> QuantizerSettings:
         q = algo.get(key, {})
-        return QuantizerSettings(q.get("mode"), q.get("per_channel"), q.get("bits", 8))
+        return QuantizerSettings(
+            q.get("mode"), q.get("per_channel"), q.get("bits", 8), q.get("signed")
+        )
 
     return Quantization(
         **common,

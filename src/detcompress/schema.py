@@ -74,13 +74,17 @@ EIGHT_BITS = Scalar(
 )
 SCOPES = OneOrList(STR)
 
-RANGE_TYPES = (
-    "min_max",
-    "mean_min_max",
-    "threshold",
-    "mixed_min_max",
-    "percentile",
-    "mean_percentile",
+# NNCF 2's 'threshold' and 'mixed_min_max' have no NNCF 3 range estimator: not accepted.
+RANGE_TYPES = ("min_max", "mean_min_max", "percentile", "mean_percentile")
+
+
+def _only(value: Any, text: str) -> Scalar:
+    """A boolean that detcompress can honour only with one value (what NNCF 3 always does)."""
+    return Scalar((bool,), "boolean", check=lambda v: v is value, check_text=text)
+
+
+PERCENT = Scalar(
+    (int, float), "number", check=lambda v: 0 <= v <= 100, check_text="a percentage in [0, 100]"
 )
 
 BN_ADAPTATION = Obj(
@@ -95,7 +99,7 @@ QUANTIZER = Obj(
         "mode": _choice("symmetric", "asymmetric"),
         "bits": EIGHT_BITS,
         "per_channel": BOOL,
-        "signed": BOOL,
+        "signed": BOOL,  # NNCF 3's signedness_to_force
         "ignored_scopes": SCOPES,
         "target_scopes": SCOPES,
     },
@@ -120,7 +124,7 @@ QUANTIZATION = Obj(
                         "num_init_samples": NON_NEG_INT,
                         "num_init_steps": NON_NEG_INT,
                         "type": _choice(*RANGE_TYPES),
-                        "params": Obj({"min_percentile": NUMBER, "max_percentile": NUMBER}),
+                        "params": Obj({"min_percentile": PERCENT, "max_percentile": PERCENT}),
                     }
                 ),
                 "batchnorm_adaptation": BN_ADAPTATION,
@@ -132,19 +136,33 @@ QUANTIZATION = Obj(
         ),
         "weights": QUANTIZER,
         "activations": QUANTIZER,
-        "quantize_inputs": BOOL,
-        "quantize_outputs": BOOL,
-        "export_to_onnx_standard_ops": BOOL,
+        "quantize_inputs": _only(
+            True,
+            "true: NNCF 3 always quantizes the model's input; to keep the first layer in float, "
+            "list it in ignored_scopes",
+        ),
+        "quantize_outputs": _only(False, "false: NNCF 3 does not quantize the model's outputs"),
+        "export_to_onnx_standard_ops": _only(
+            True,
+            "true: detcompress exports standard QuantizeLinear/DequantizeLinear only (NNCF's own "
+            "FakeQuantize op does not run in onnxruntime)",
+        ),
         "overflow_fix": _choice("enable", "disable", "first_layer_only"),
-        "scope_overrides": AnyValue(),
         "params": Obj(
             {
-                "batch_multiplier": POS_INT,
                 "activations_quant_start_epoch": NON_NEG_INT,
                 "weights_quant_start_epoch": NON_NEG_INT,
-            }
+            },
+            removed={
+                "batch_multiplier": "not supported by detcompress; accumulate gradients with the "
+                "mmdet config's optim_wrapper.accumulative_counts instead",
+            },
         ),
-    }
+    },
+    removed={
+        "scope_overrides": "not supported: NNCF 3 has no per-scope quantizer settings; leave "
+        "operations in float with ignored_scopes",
+    },
 )
 
 SPARSITY_PARAMS: dict[str, Spec] = {
@@ -194,6 +212,8 @@ FILTER_PRUNING = Obj(
                 "pruning_flops_target": _ratio(True, True),
                 "num_init_steps": NON_NEG_INT,
                 "pruning_steps": NON_NEG_INT,
+                # NNCF 2's name; 'weight_importance' is detcompress's older spelling of it.
+                "filter_importance": _choice("L2", "L1", "geometric_median"),
                 "weight_importance": _choice("L2", "L1", "geometric_median"),
                 "all_weights": BOOL,
                 "prune_first_conv": BOOL,
@@ -203,7 +223,7 @@ FILTER_PRUNING = Obj(
             },
             removed={
                 "interlayer_ranking_type": "NNCF 3 removed LeGR ranking; torch-pruning ranks "
-                "filters by weight_importance",
+                "filters by filter_importance",
                 "legr_params": "NNCF 3 removed LeGR; leave it out",
             },
         ),
@@ -242,13 +262,16 @@ INPUT_INFO = Obj(
 ROOT = Obj(
     {
         "input_info": OneOrList(INPUT_INFO),
-        "target_device": _choice("ANY", "CPU", "GPU", "NPU", "CPU_SPR", "TRIAL"),
+        # NNCF 3 has no TRIAL device and raises InternalError for CPU_SPR with PyTorch models.
+        "target_device": _choice("ANY", "CPU", "GPU", "NPU"),
         "compression": OneOrList(AnyValue()),  # each item is checked against its algorithm
-        "log_dir": STR,
         "compression_lr_multiplier": NUMBER,
-        "disable_shape_matching": BOOL,
     },
     removed={
+        "log_dir": "not used by detcompress: logs, checkpoints and statistics go to the work "
+        "dir (--work-dir)",
+        "disable_shape_matching": "NNCF 3 matches no input shapes (the model is traced on real "
+        "batches); leave it out",
         "accuracy_aware_training": "NNCF 3 removed the accuracy-aware training loops; set a "
         "fixed schedule with --max-iters/--max-epochs",
         "hw_config_type": "NNCF 3 derives the hardware config from 'target_device'",

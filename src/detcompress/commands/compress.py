@@ -48,6 +48,10 @@ def compress(
         str,
         typer.Option(help="none, pytorch (under torchrun) or slurm (under srun): data-parallel."),
     ] = "none",
+    allow_partial_load: Annotated[
+        bool,
+        typer.Option(help="Start from --load-from even if it fills under half of the model."),
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
     ] = None,
@@ -74,7 +78,12 @@ def compress(
         typer.echo(plan.describe())
         return
     result = api.compress(
-        plan, trust_checkpoint=trust_checkpoint, force=force, device=device, launcher=launcher
+        plan,
+        trust_checkpoint=trust_checkpoint,
+        force=force,
+        device=device,
+        launcher=launcher,
+        allow_partial_load=allow_partial_load,
     )
     if result.is_main:  # one report per run, not one per process
         typer.echo(result.summary())

@@ -43,15 +43,36 @@ class CompressionScheduleHook(Hook):
         self.statistics: dict[str, Any] = {}
         self.rb_loss: Any = None
         self._undo_speedups: Any = None
+        quantization = nncf_config.algorithm("quantization")
+        # NNCF 2's quant start epochs: quantizers of that kind stay off before their epoch.
+        self.quant_start = (
+            (
+                quantization.get("params.weights_quant_start_epoch"),
+                quantization.get("params.activations_quant_start_epoch"),
+            )
+            if quantization is not None
+            else (None, None)
+        )
+        self._quantizers_on: tuple[bool, bool] | None = None
+        # NNCF 2's `steps_per_epoch`: what one epoch of the schedules is, in iterations.
+        self.steps_per_epoch = next(
+            (
+                a.get("params.steps_per_epoch")
+                for a in nncf_config.algorithms
+                if a.get("params.steps_per_epoch") is not None
+            ),
+            None,
+        )
 
-    @staticmethod
-    def epoch(runner: Any, batch_idx: int) -> float:
+    def epoch(self, runner: Any, batch_idx: int) -> float:
         """The fractional epoch of the iteration about to run."""
         loader = runner.train_dataloader
         per_epoch = len(loader)
         sampler = getattr(loader, "sampler", None)
         if type(sampler).__name__ == "InfiniteSampler":  # its length is the whole dataset's
             per_epoch //= max(getattr(sampler, "world_size", 1), 1)
+        if self.steps_per_epoch is not None:  # runner.iter counts every finished iteration
+            return runner.iter / self.steps_per_epoch
         per_epoch = max(per_epoch, 1)
         if type(runner.train_loop).__name__ == "EpochBasedTrainLoop":
             return runner.epoch + batch_idx / per_epoch
@@ -77,10 +98,12 @@ class CompressionScheduleHook(Hook):
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         model = _unwrap(runner.model)
+        epoch = self.epoch(runner, batch_idx)
+        if self.quant_start != (None, None):
+            self._switch_quantizers(runner, model, epoch)
         state = pipeline.state_of(model)
         if state is None:
             return
-        epoch = self.epoch(runner, batch_idx)
         if self.sparsity is not None and self.sparsity_algo is not None:
             level = self.sparsity.level(epoch)
             # Levels only grow (a compressed checkpoint fine-tuned again keeps its sparsity).
@@ -114,6 +137,23 @@ class CompressionScheduleHook(Hook):
                 runner.message_hub.update_scalar("train/sparsity_level", state.sparsity_level)
             if state.pruning_level is not None:
                 runner.message_hub.update_scalar("train/pruning_level", state.pruning_level)
+
+    def _switch_quantizers(self, runner: Any, model: Any, epoch: float) -> None:
+        weights_start, activations_start = self.quant_start
+        wanted = (
+            weights_start is None or epoch >= weights_start,
+            activations_start is None or epoch >= activations_start,
+        )
+        if wanted == self._quantizers_on:
+            return
+        from detcompress.compression import nncf_adapter
+
+        nncf_adapter.enable_quantizers(model, weights=wanted[0], activations=wanted[1])
+        self._quantizers_on = wanted
+        runner.logger.info(
+            f"[detcompress] iteration {runner.iter} (epoch {epoch:.2f}): weight quantizers "
+            f"{'on' if wanted[0] else 'off'}, activation quantizers {'on' if wanted[1] else 'off'}"
+        )
 
     def _add_rb_loss(self, model: Any) -> None:
         """The RB loss term joins the detector's loss dict (mmdet sums every `loss*` key)."""

@@ -9,6 +9,7 @@ Runner calls the model in `loss` and `predict` mode, so the quantizers act there
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import itertools
@@ -28,7 +29,10 @@ from nncf.quantization.advanced_parameters import (
     OverflowFix,
     QuantizationParameters,
 )
-from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+from nncf.quantization.range_estimator import (
+    RangeEstimatorParameters,
+    RangeEstimatorParametersSet,
+)
 from nncf.torch.function_hook import hook_executor_mode
 from nncf.torch.function_hook.wrapper import ForwardWithHooks, get_hook_storage
 from torch.overrides import TorchFunctionMode
@@ -43,8 +47,6 @@ RANGE_ESTIMATORS = {
     "mean_min_max": RangeEstimatorParametersSet.MEAN_MINMAX,
     "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
     "mean_percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
-    "threshold": None,
-    "mixed_min_max": None,
 }
 
 
@@ -109,6 +111,27 @@ def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
         num_bits=settings.bits,
         mode=mode.get(settings.mode) if settings.mode else None,
         per_channel=settings.per_channel,
+        signedness_to_force=settings.signed,
+    )
+
+
+# NNCF 2's defaults for percentile range initialization, in percent.
+DEFAULT_MIN_PERCENTILE = 0.1
+DEFAULT_MAX_PERCENTILE = 99.9
+
+
+def _range_estimator(algo: Quantization) -> Any:
+    """NNCF 3's range estimator for the preset's `initializer.range` (None: NNCF's default).
+    Percentile ranges take `params.min_percentile` / `max_percentile` (percent, NNCF 2's
+    meaning) as the outlier probabilities of the low and high quantiles."""
+    estimator = RANGE_ESTIMATORS.get(algo.range_type or "")
+    if estimator is None or algo.range_type not in ("percentile", "mean_percentile"):
+        return estimator
+    low = algo.get("initializer.range.params.min_percentile", DEFAULT_MIN_PERCENTILE)
+    high = algo.get("initializer.range.params.max_percentile", DEFAULT_MAX_PERCENTILE)
+    return RangeEstimatorParameters(
+        min=dataclasses.replace(estimator.min, quantile_outlier_prob=low / 100),
+        max=dataclasses.replace(estimator.max, quantile_outlier_prob=1 - high / 100),
     )
 
 
@@ -694,7 +717,7 @@ def quantize(
         if "overflow_fix" in algo.settings
         else None,
     )
-    estimator = RANGE_ESTIMATORS.get(algo.range_type or "")
+    estimator = _range_estimator(algo)
     if estimator is not None:
         advanced.activations_range_estimator_params = estimator
     quantized = nncf.quantize(
@@ -745,6 +768,21 @@ def count_quantizers(model: torch.nn.Module) -> tuple[int, int]:
         else:
             activations += 1
     return weights, activations
+
+
+def enable_quantizers(model: torch.nn.Module, weights: bool, activations: bool) -> None:
+    """Switch weight and activation quantizers on or off (NNCF's `enabled` flag, a buffer of
+    each quantizer: checkpoints keep it); ranges stay as calibrated."""
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    for name, module in quantizer_modules(model):
+        assert isinstance(module, BaseQuantizer)  # quantizer_modules returns only those
+        wanted = weights if _WEIGHT_HOOK.match(name) else activations
+        if module.is_enabled_quantization() != wanted:
+            if wanted:
+                module.enable_quantization()
+            else:
+                module.disable_quantization()
 
 
 def is_compressed(model: torch.nn.Module) -> bool:

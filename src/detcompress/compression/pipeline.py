@@ -132,6 +132,13 @@ def check_settings(nncf_config: NNCFConfig) -> None:
 
     for algo in nncf_config.algorithms:
         if algo.name == "quantization":
+            low = algo.get("initializer.range.params.min_percentile")
+            high = algo.get("initializer.range.params.max_percentile")
+            if low is not None and high is not None and not low < high:
+                raise PresetError(
+                    f"'quantization': initializer.range.params.min_percentile ({low}) must be "
+                    f"below max_percentile ({high})"
+                )
             for key in QUANTIZER_SCOPES_NOT_IN_NNCF3:
                 if algo.get(key):
                     raise PresetError(
@@ -237,8 +244,16 @@ class PruningSettings:
                 "their residual partners consistent); leave it out, or list them in "
                 "ignored_scopes"
             )
+        nncf_name = algo.get("params.filter_importance")
+        older_name = algo.get("params.weight_importance")
+        if nncf_name is not None and older_name is not None and nncf_name != older_name:
+            raise PresetError(
+                f"'filter_pruning': params.filter_importance is {nncf_name!r} but "
+                f"params.weight_importance is {older_name!r}; give one (filter_importance is "
+                "NNCF's name)"
+            )
         return cls(
-            importance=algo.get("params.weight_importance", "L2"),
+            importance=nncf_name or older_name or "L2",
             global_ranking=bool(algo.get("params.all_weights", False)),
             prune_first_conv=bool(algo.get("params.prune_first_conv", False)),
             ignored_scopes=algo.ignored_scopes,
