@@ -339,3 +339,24 @@ def test_eval_json_without_detections_is_valid_bench_input(tiny_fp32: dict, tmp_
               "--mode", "latency"],
     )  # fmt: skip
     assert bench.exit_code == 0, bench.output[-3000:]
+
+
+def test_shortened_schedule_says_what_it_changes(tmp_path: Path) -> None:
+    config = tmp_path / "r18.py"
+    config.write_text("_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n")
+    plan = runner.invoke(app, ["compress", str(config), "--max-iters", "20", "--dry-run"])
+    assert plan.exit_code == 0, plan.output[-3000:]
+    assert "schedule: 20 iterations instead of the config's 12 epochs" in plan.output
+    assert (
+        "(LinearLR, iterations 0-500) is cut: the run ends at iteration 20 inside the warm-up"
+        in (plan.output)
+    )
+    assert "(MultiStepLR, epochs 0-12) counts epochs: it does not step" in plan.output
+    fitted = runner.invoke(
+        app,
+        ["compress", str(config), "--max-iters", "20", "--dry-run",
+         "--cfg-options", "param_scheduler.0.end=10"],
+    )  # fmt: skip
+    assert fitted.exit_code == 0, fitted.output[-3000:]
+    assert "LinearLR, iterations 0-10" not in fitted.output  # fits now: nothing to say
+    assert "inside the warm-up" not in fitted.output

@@ -70,6 +70,8 @@ class CompressPlan:
     max_iters: int | None
     max_epochs: int | None
     warnings: list[str] = field(default_factory=list)
+    # What --max-iters/--max-epochs change in the config's schedule (training.schedule_changes).
+    schedule_notes: list[str] = field(default_factory=list)
 
     @property
     def schedule(self) -> str:
@@ -112,6 +114,8 @@ class CompressPlan:
             f"work dir:    {self.work_dir}",
             f"postprocessing compressed: {self.config.compress_postprocessing}",
         ]
+        if self.schedule_notes:
+            lines += ["schedule changes:", *(f"  {note}" for note in self.schedule_notes)]
         return "\n".join(lines)
 
 
@@ -183,8 +187,16 @@ def plan_compress(
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
     check_output_dir(resolved_work_dir, "--work-dir")
+    from detcompress.training import schedule_changes
+
     return CompressPlan(
-        loaded, resolved_work_dir, resolved_load, max_iters, max_epochs, list(loaded.warnings)
+        loaded,
+        resolved_work_dir,
+        resolved_load,
+        max_iters,
+        max_epochs,
+        list(loaded.warnings),
+        schedule_changes(cfg, max_iters, max_epochs),
     )
 
 
@@ -234,7 +246,7 @@ def compress(
     model = detector.build_detector(cfg)
     model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
     source_meta = detector.detcompress_meta(source)
-    report_lines: list[str] = []
+    report_lines: list[str] = list(plan.schedule_notes)
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
         nncf_config = _nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)

@@ -171,9 +171,14 @@ def scale_compression_lr(cfg: Any, multiplier: float | None) -> None:
 
 
 def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> None:
-    """Override the schedule length so that training ends with a validation and a checkpoint."""
+    """Override the schedule length so that training ends with a validation and a checkpoint;
+    an iteration-based config keeps its shorter validation interval."""
     if max_iters is not None:
-        cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+        cfg.train_cfg = dict(
+            type="IterBasedTrainLoop",
+            max_iters=max_iters,
+            val_interval=_kept_val_interval(cfg.get("train_cfg") or {}, max_iters),
+        )
         # Keep a shorter iteration-based checkpoint interval of the config; else save at the end.
         hook = cfg.default_hooks.get("checkpoint") or {}
         interval = hook.get("interval", max_iters) if not hook.get("by_epoch", True) else max_iters
@@ -203,6 +208,61 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
         loader = cfg.get(key)
         if loader is not None and loader.get("num_workers", 0) == 0:
             loader["persistent_workers"] = False
+
+
+def _kept_val_interval(train_cfg: Any, max_iters: int) -> int:
+    interval = train_cfg.get("val_interval")
+    iteration_based = train_cfg.get("type") == "IterBasedTrainLoop" or "max_iters" in train_cfg
+    if iteration_based and isinstance(interval, int) and 0 < interval < max_iters:
+        return interval
+    return max_iters
+
+
+def schedule_changes(cfg: Any, max_iters: int | None, max_epochs: int | None) -> list[str]:
+    """What --max-iters / --max-epochs change in the config's schedule, in words, and where the
+    config's LR schedule no longer fits the shortened run (it is not rescaled: detcompress says
+    so and leaves the choice to the user)."""
+    if (max_iters is None and max_epochs is None) or max_iters == 0:
+        return []
+    train_cfg = cfg.get("train_cfg") or {}
+    if "max_iters" in train_cfg:
+        was = f"{train_cfg['max_iters']} iterations"
+    else:
+        was = f"{train_cfg.get('max_epochs', '?')} epochs"
+    unit, length = ("iteration", max_iters) if max_iters is not None else ("epoch", max_epochs)
+    assert length is not None  # one of the two is set
+    notes = [f"schedule: {length} {unit}s instead of the config's {was}"]
+    if max_iters is not None:
+        interval = _kept_val_interval(train_cfg, max_iters)
+        notes.append(
+            f"validation every {interval} iterations"
+            + ("" if interval < max_iters else " (at the end)")
+        )
+    schedulers = cfg.get("param_scheduler") or []
+    schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+    by_epoch_run = max_epochs is not None
+    for index, scheduler in enumerate(schedulers):
+        kind = scheduler.get("type", "?")
+        by_epoch = bool(scheduler.get("by_epoch", True)) and not scheduler.get(
+            "convert_to_iter_based", False
+        )
+        begin, end = int(scheduler.get("begin", 0)), scheduler.get("end")
+        where = f"param_scheduler[{index}] ({kind}, {'epochs' if by_epoch else 'iterations'}"
+        where += f" {begin}-{end})" if end is not None else f" from {begin})"
+        if by_epoch and not by_epoch_run:
+            notes.append(f"{where} counts epochs: it does not step in an iteration-based run")
+        elif by_epoch == by_epoch_run:
+            if begin >= length:
+                notes.append(f"{where} never starts: the run ends at {unit} {length}")
+            elif end is not None and end > length:
+                inside = " inside the warm-up" if kind == "LinearLR" else ""
+                notes.append(f"{where} is cut: the run ends at {unit} {length}{inside}")
+    if len(notes) > 2:
+        notes.append(
+            "the LR schedule is not rescaled; adjust it with --cfg-options "
+            "param_scheduler.N.end=... (or train longer) if that is not what you want"
+        )
+    return notes
 
 
 def calibration_batches(cfg: Any, count: int) -> list[Any]:
