@@ -1,4 +1,4 @@
-"""On a CUDA device: detcompress's QAT training forward (`nncf_adapter.speed_up_training`)
+"""On a CUDA device: detcompress's QAT training forward (`speedups.speed_up_training`)
 against NNCF's own, on a small conv net quantized by `nncf.quantize` (NNCF's CUDA kernels).
 
     python benchmarks/cuda_training_forward.py [--json FILE]
@@ -74,7 +74,7 @@ def main() -> int:
     import nncf
     from nncf.torch.function_hook.wrapper import get_hook_storage
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -118,7 +118,7 @@ def main() -> int:
         return (time.perf_counter() - start_time) / count * 1000
 
     expected, again = run(), run()
-    undo = nncf_adapter.speed_up_training(model)
+    undo = speedups.speed_up_training(model)
     got = run()
     forwards = dict(vars(model)["forward"].forwards)
     ours_ms = ms_per_step()

@@ -49,9 +49,9 @@ def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, l
         nncf_config = build_nncf_config(read_preset_file(path), str(path))
         model, _ = api._initialize_compression(cfg, model, nncf_config)
         if variant == "int8":  # as detcompress trains (CompressionScheduleHook.before_train)
-            from detcompress.compression import nncf_adapter
+            from detcompress.compression import speedups
 
-            nncf_adapter.speed_up_training(model)
+            speedups.speed_up_training(model)
     model.train()
     return model, build_optim_wrapper(model, cfg.optim_wrapper), batches
 

@@ -62,6 +62,52 @@ def tiny_fp32(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return data
 
 
+@pytest.fixture(scope="session")
+def tiny_ptq(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Post-training int8 quantization (`ptq.pth`) of `tiny_fp32`. Shared: read only."""
+    from typer.testing import CliRunner
+
+    from detcompress.cli import app
+
+    work_dir = tmp_path_factory.mktemp("tiny_ptq") / "int8"
+    result = CliRunner().invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
+         "--max-iters", "0", "--load-from", tiny_fp32["checkpoint"], "--work-dir", str(work_dir),
+         "--cfg-options", *FAST_INIT],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    return work_dir / "ptq.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_export(tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_fp32` exported to both formats (model.xml/.bin, model.onnx). Shared: read only."""
+    from typer.testing import CliRunner
+
+    from detcompress.cli import app
+
+    out = tmp_path_factory.mktemp("tiny_fp32_export") / "export"
+    result = CliRunner().invoke(
+        app,
+        ["export", tiny_fp32["checkpoint"], "--to", "all", "--out", str(out),
+         "--verify-images", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    return out
+
+
+def file_digests(*paths: Path) -> dict[str, str]:
+    """sha256 of the files, and of every file under the folders, given (to show that a command
+    changed nothing the user had)."""
+    import hashlib
+
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+
 RELOAD = """
 import sys, torch
 from detcompress.loading import load_detector

@@ -6,7 +6,6 @@ of the folders the command was given)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,21 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST_INIT
+from conftest import file_digests
 from detcompress.cli import app
 
 runner = CliRunner()
 
 
-def _digests(*paths: Path) -> dict[str, str]:
-    """Checksums of the files, and of the files under the folders, given."""
-    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
-
-
 def _refused(args: list[Any], named: list[str], *watched: Path) -> None:
     """The command fails with exit code 2 and one line naming `named`; `watched` unchanged."""
-    before = _digests(*watched)
+    before = file_digests(*watched)
     result = runner.invoke(app, [str(a) for a in args])
     output = result.output.strip()
     assert result.exit_code == 2, output[-3000:]
@@ -39,20 +32,16 @@ def _refused(args: list[Any], named: list[str], *watched: Path) -> None:
     assert len(errors) == 1 and errors[0] == output.splitlines()[-1], output[-3000:]
     for fragment in named:
         assert fragment in errors[0], errors[0]
-    assert _digests(*watched) == before
+    assert file_digests(*watched) == before
 
 
 @pytest.fixture(scope="module")
-def files(tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(
+    tiny_fp32: dict, tiny_fp32_export: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Bad model files of every everyday kind, beside a good exported IR and ONNX model."""
     base = tmp_path_factory.mktemp("bad_files")
-    export = base / "export"
-    result = runner.invoke(
-        app,
-        ["export", tiny_fp32["checkpoint"], "--to", "all", "--out", str(export),
-         "--verify-images", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
+    export = tiny_fp32_export
     bad = base / "bad"
     bad.mkdir()
     (bad / "notes.pth").write_text("some notes\n")
@@ -262,16 +251,8 @@ def test_load_from_another_models_checkpoint_is_refused_unless_allowed(
 
 
 @pytest.fixture(scope="module")
-def ptq(tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work_dir = tmp_path_factory.mktemp("bad_ptq") / "ptq"
-    result = runner.invoke(
-        app,
-        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
-         "--max-iters", "0", "--load-from", tiny_fp32["checkpoint"], "--work-dir", str(work_dir),
-         "--cfg-options", *FAST_INIT],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
-    return work_dir / "ptq.pth"
+def ptq(tiny_ptq: Path) -> Path:
+    return tiny_ptq
 
 
 @pytest.mark.slow

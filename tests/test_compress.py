@@ -263,7 +263,7 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
 
     from detcompress import api, detector, training
     from detcompress.checkpoint import load_checkpoint
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
     meta = detector.detcompress_meta(ckpt)
@@ -303,7 +303,7 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     traced_names = operation_names()
     counts = _quantizer_calls_per_mode(model, batch)
     before = instance_methods()  # NNCF's own wrapper of the detector's forward
-    retrace = nncf_adapter.speed_up_training(model)
+    retrace = speedups.speed_up_training(model)
     patched = instance_methods() - before
     # Each distinct quantizer's forward, and the head's loss and postprocessing.
     assert {n for _, n in patched} == {"forward", "loss_by_feat", "predict_by_feat"}

@@ -12,7 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST_INIT
 from detcompress.cli import app
 
 runner = CliRunner()
@@ -24,18 +23,13 @@ def _invoke(*args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def checkpoints(
-    tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
+    tiny_workspace: Path, tiny_fp32: dict, tiny_ptq: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """An FP32 checkpoint (2 iterations) and its post-training int8 quantization."""
     base = tmp_path_factory.mktemp("export")
     config = tiny_workspace / "configs" / "demo.py"
     fp32_ckpt = Path(tiny_fp32["checkpoint"])
-    int8 = _invoke(
-        "compress", config, "--preset", "int8", "--max-iters", "0", "--load-from", fp32_ckpt,
-        "--work-dir", base / "int8", "--cfg-options", *FAST_INIT,
-    )  # fmt: skip
-    assert int8.exit_code == 0, int8.output
-    return {"base": base, "config": config, "fp32": fp32_ckpt, "int8": base / "int8" / "ptq.pth"}
+    return {"base": base, "config": config, "fp32": fp32_ckpt, "int8": tiny_ptq}
 
 
 def _export(ckpt: Path, out: Path, *extra: str) -> dict[str, Any]:

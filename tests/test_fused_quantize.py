@@ -152,9 +152,9 @@ def test_nncf_quantizers_run_the_fused_kernels() -> None:
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.layers import PTQuantizerSpec, SymmetricQuantizer
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
-    assert nncf_adapter.use_fused_cpu_kernels()
+    assert speedups.use_fused_cpu_kernels()
     kernels = extensions.QuantizedFunctionsCPU._loaded_namespace
     assert isinstance(kernels, cpu_fake_quantize.FusedQuantizedFunctions)
     spec = PTQuantizerSpec(
@@ -195,7 +195,7 @@ SYMMETRIC_CASES = [
 
 @pytest.mark.parametrize("case", SYMMETRIC_CASES, ids=[c[0] for c in SYMMETRIC_CASES])
 def test_fused_symmetric_quantizer_is_bit_identical_to_nncfs(case: tuple) -> None:
-    """The training fast path (nncf_adapter._fused_symmetric_forward: range from the scale,
+    """The training fast path (nncf_internals.fused_symmetric_forward: range from the scale,
     quantization and both gradients in one call each way) against NNCF's SymmetricQuantizer
     forward with the same kernels: output, input gradient and scale gradient bit for bit,
     including negative scales (autograd's |scale| backward) and ties at the range ends."""
@@ -203,10 +203,11 @@ def test_fused_symmetric_quantizer_is_bit_identical_to_nncfs(case: tuple) -> Non
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.layers import PTQuantizerSpec, SymmetricQuantizer
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
+    from detcompress.compression.speedups import nncf_internals
 
     _, shape, scale_shape, signed, bits = case
-    assert nncf_adapter.use_fused_cpu_kernels()
+    assert speedups.use_fused_cpu_kernels()
     kernels = extensions.QuantizedFunctionsCPU._loaded_namespace
     spec = PTQuantizerSpec(
         num_bits=bits, mode=QuantizationScheme.SYMMETRIC, signedness_to_force=signed,
@@ -221,7 +222,7 @@ def test_fused_symmetric_quantizer_is_bit_identical_to_nncfs(case: tuple) -> Non
     x0 = torch.randn(shape, generator=generator) * 2
     x0.view(-1)[:3] = torch.tensor([2.0, -2.0, 0.0]) * quantizer.scale.detach().abs().view(-1)[0]
     grad = torch.randn(shape, generator=generator)
-    fused_forward = nncf_adapter._fused_symmetric_forward(kernels)
+    fused_forward = nncf_internals.fused_symmetric_forward(kernels)
 
     def run(forward: Any) -> tuple[torch.Tensor, ...]:
         quantizer.scale.grad = None

@@ -9,7 +9,6 @@ run: the same test would fail if the refusal were missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import file_digests
 from detcompress.cli import app
 
 runner = CliRunner()
@@ -58,14 +58,6 @@ def _nms_payload(marker: Path) -> Callable[[str], str]:
 PAYLOADS = {"code": _code_payload, "registry_import": _type_payload, "eval_string": _nms_payload}
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _tampered_checkpoint(
     source: Path, target: Path, edit: Callable[[str], str], mmengine: bool
 ) -> Path:
@@ -81,12 +73,8 @@ def _tampered_checkpoint(
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hostile") / "export"
-    result = _invoke("export", tiny_fp32["checkpoint"], "--to", "all", "--out", out,
-                     "--verify-images", "1")  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
-    return out
+def exported(tiny_fp32_export: Path) -> Path:
+    return tiny_fp32_export
 
 
 def _tampered_ir(exported: Path, folder: Path, edit: Callable[[str], str]) -> Path:
@@ -131,7 +119,7 @@ def _commands_for(model: Path, tmp_path: Path) -> dict[str, list[Any]]:
 def _assert_refused_and_nothing_ran(
     command: list[Any], model: Path, marker: Path, tmp_path: Path
 ) -> None:
-    before = _digests(model.parent)
+    before = file_digests(model.parent)
     result = _invoke(*command)
     assert not marker.exists(), f"the payload ran: {command}"
     assert result.exit_code == 2, result.output[-2000:]
@@ -140,7 +128,7 @@ def _assert_refused_and_nothing_ran(
     lines = output.splitlines()  # bench prints its progress lines before the error
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], output
     assert "--trust-checkpoint" in lines[-1] and model.name in lines[-1]
-    assert _digests(model.parent) == before
+    assert file_digests(model.parent) == before
     assert not (tmp_path / "out").exists() and not (tmp_path / "resumed").exists()
 
 

@@ -3,7 +3,6 @@ before the work, resumes that write where the checkpoint is."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -18,6 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import file_digests
 from detcompress.checkpoint import load_checkpoint
 from detcompress.cli import app
 
@@ -136,14 +136,6 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
     assert alive.exists() and mine.exists()
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_init_demo_force_keeps_what_it_did_not_write(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     assert _invoke("init", "demo", ws).exit_code == 0
@@ -151,7 +143,7 @@ def test_init_demo_force_keeps_what_it_did_not_write(tmp_path: Path) -> None:
     (ws / "work_dirs" / "fp32" / "iter_2.pth").write_bytes(b"the user's run")
     (ws / "notes.md").write_text("mine")
     (ws / "configs" / "demo.py").write_text("# my edits\n")
-    original_data = _digests(ws / "data")
+    original_data = file_digests(ws / "data")
     result = _invoke("init", "demo", ws, "--force", "--seed", "3")
     assert result.exit_code == 0, result.output
     assert (ws / "work_dirs" / "fp32" / "iter_2.pth").read_bytes() == b"the user's run"
@@ -161,7 +153,7 @@ def test_init_demo_force_keeps_what_it_did_not_write(tmp_path: Path) -> None:
     assert len(moved) == 1 and moved[0].read_text() == "# my edits\n"
     assert "moved to" in result.output
     assert "_base_" in (ws / "configs" / "demo.py").read_text()
-    assert _digests(ws / "data") != original_data  # refreshed with the new seed
+    assert file_digests(ws / "data") != original_data  # refreshed with the new seed
     assert not list(ws.glob("previous_init_*/data"))  # unchanged own files are not kept twice
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -198,13 +190,13 @@ def test_unwritable_output_is_refused_before_any_work(
         "file_name": user_file.name,
         "dir": folder,
     }
-    before = _digests(tmp_path)
+    before = file_digests(tmp_path)
     started = time.monotonic()
     result = _invoke(*[a.format(**values) for a in args])
     assert result.exit_code == 2, result.output[-2000:]
     assert "Traceback" not in result.output
     assert named.format(**values) in result.output
-    assert _digests(tmp_path) == before
+    assert file_digests(tmp_path) == before
     assert time.monotonic() - started < 60  # refused up front, not after the work
 
 
@@ -218,11 +210,11 @@ def test_resume_writes_where_the_checkpoint_is_and_leaves_no_stray_files(
     shutil.copytree(uninterrupted, copy)
     for later in ("iter_4.pth", "iter_6.pth"):
         (copy / later).unlink()
-    original = _digests(uninterrupted)
+    original = file_digests(uninterrupted)
     result = _invoke("resume", copy / "iter_2.pth", "--max-iters", "4")
     assert result.exit_code == 0, result.output[-3000:]
     assert (copy / "iter_4.pth").is_file()
-    assert _digests(uninterrupted) == original  # the run it was copied from is untouched
+    assert file_digests(uninterrupted) == original  # the run it was copied from is untouched
     assert not list(copy.glob("tmp*.py")) and not list(copy.glob(".*.tmp"))
 
 

@@ -1,4 +1,4 @@
-"""detcompress's training hook mode (nncf_adapter.speed_up_training) against NNCF's own
+"""detcompress's training hook mode (speedups.speed_up_training) against NNCF's own
 FunctionHookMode on a small model with every kind of hook NNCF places: same outputs, same
 operation names, also after hooks or parameters change under it."""
 
@@ -71,12 +71,12 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def test_training_mode_matches_nncfs_and_follows_changes() -> None:
     from nncf.torch.function_hook.wrapper import ForwardWithHooks, register_post_function_hook
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     model = _model()
     x = torch.randn(2, 3, 8, 8)
     expected, expected_names = _run(model, x)
-    undo = nncf_adapter.speed_up_training(model)
+    undo = speedups.speed_up_training(model)
     assert type(vars(model)["forward"]).__name__ == "_TrainingForward"
     got, names = _run(model, x)
     assert _same(got, expected) and names == expected_names and len(names) > 10
@@ -141,7 +141,7 @@ def test_hooks_at_module_boundaries_run_without_hook_mode() -> None:
         wrap_model,
     )
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     torch.manual_seed(0)
     model = wrap_model(AtBoundaries())
@@ -167,7 +167,7 @@ def test_hooks_at_module_boundaries_run_without_hook_mode() -> None:
     with nncf_operation_names() as expected_names:
         expected.append(step(batches[0]))
     expected += [step(x) for x in batches[1:]]
-    undo = nncf_adapter.speed_up_training(model)
+    undo = speedups.speed_up_training(model)
     got = []
     with nncf_operation_names() as recorded_names:  # the recording forward
         got.append(step(batches[0]))
@@ -185,12 +185,12 @@ def test_hooks_at_module_boundaries_run_without_hook_mode() -> None:
 def test_hooks_inside_a_module_keep_the_hook_mode() -> None:
     """A hook on an operation in the middle of a module's computation cannot be placed at a
     module boundary: the training forward stays in the hook mode."""
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     model = _model()  # hooks on operations of the model's own forward
     x = torch.randn(2, 3, 8, 8)
     expected = _run(model, x)[0]
-    nncf_adapter.speed_up_training(model)
+    speedups.speed_up_training(model)
     got = [_run(model, x)[0] for _ in range(3)]
     assert dict(vars(model)["forward"].forwards) == {"recorded": 1, "hook mode": 2}
     assert all(_same(g, expected) for g in got)
@@ -213,11 +213,11 @@ class Repeats(nn.Module):
 def test_a_module_called_more_often_than_recorded_is_an_error() -> None:
     from nncf.torch.function_hook.wrapper import register_pre_function_hook, wrap_model
 
-    from detcompress.compression import nncf_adapter
+    from detcompress.compression import speedups
 
     model = wrap_model(Repeats())
     register_pre_function_hook(model, "conv/conv2d/0", 1, Scale(0.5))
-    nncf_adapter.speed_up_training(model)
+    speedups.speed_up_training(model)
     x = torch.randn(1, 3, 4, 4)
     model(x, repeats=1)  # recorded: one call of conv
     model(x, repeats=1)

@@ -2,7 +2,7 @@
 
 `build_kernels(fallback)` compiles the C file once per user (cached by its hash, a second or
 two with the system C compiler) and returns an object with NNCF's CPU-extension interface,
-`Quantize_forward` / `Quantize_backward`; `nncf_adapter.use_fused_cpu_kernels` installs it. What
+`Quantize_forward` / `Quantize_backward`; `speedups.use_fused_cpu_kernels` installs it. What
 the kernels do not cover (other dtypes and layouts, a range varying along more than one axis)
 goes to `fallback`. When the library cannot be built or loaded (no compiler, no writable cache,
 a noexec cache), `build_kernels` warns and returns None.

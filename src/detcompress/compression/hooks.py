@@ -83,10 +83,10 @@ class CompressionScheduleHook(Hook):
         if self.sparsity_algo is not None and self.sparsity_algo.name == "rb_sparsity":
             self._add_rb_loss(model)
         if "nncf" in sys.modules:  # else nothing can be NNCF-compressed (e.g. filter pruning)
-            from detcompress.compression import nncf_adapter
+            from detcompress.compression import nncf_adapter, speedups
 
             if nncf_adapter.is_compressed(model):
-                self._undo_speedups = nncf_adapter.speed_up_training(model)
+                self._undo_speedups = speedups.speed_up_training(model)
 
     def after_train(self, runner: Any) -> None:
         model = _unwrap(runner.model)
