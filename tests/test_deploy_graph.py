@@ -39,7 +39,7 @@ def _head(base: str, tmp_path: Path) -> nn.Module:
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
-    from detcompress.compat import apply_mmdet_workarounds
+    from detcompress.patches import apply_mmdet_workarounds
 
     register_all_modules()
     apply_mmdet_workarounds()

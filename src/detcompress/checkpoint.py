@@ -4,7 +4,8 @@ torch >= 2.6 loads with `weights_only=True` by default, and plain mmengine check
 way (the message hub pickles `HistoryBuffer` objects and numpy arrays). detcompress writes its
 checkpoints in plain types (see `to_safe_message_hub`) and loads every checkpoint safely; a
 foreign checkpoint that needs full unpickling is refused unless the user passes
-`--trust-checkpoint`. mmengine's own loading goes through `install_mmengine_loader`, so the
+`--trust-checkpoint`. mmengine's own loading goes through
+`patches.mmengine_loads_checkpoints_safely`, so the
 Runner's `load_from` and `resume` obey the same rule.
 """
 
@@ -87,16 +88,6 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(
         f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
     )
-
-
-def install_mmengine_loader(trust: bool) -> None:
-    """Make mmengine load local checkpoints through `load_checkpoint` (safe by default)."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    def load_local(filename: str, map_location: Any = None) -> Any:
-        return load_checkpoint(filename, map_location=map_location, trust=trust)
-
-    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
 
 
 # ---------------------------------------------------------------------------------------------

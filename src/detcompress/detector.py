@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detcompress.compat import apply_mmdet_workarounds, route_head_through_module
 from detcompress.errors import CheckpointError, ConfigError, DetcompressError
+from detcompress.patches import apply_mmdet_workarounds, route_head_through_module
 
 NNCF_STATE_MARK = "__nncf_hooks"
 
@@ -92,14 +92,11 @@ def select_device(device: str) -> str:
 
 
 def mark_initialized(model: Any) -> None:
-    """Keep the Runner from re-initializing weights we loaded. `Runner.train()` calls
-    `init_weights()`, whose bookkeeping runs before its `_is_init` check and takes the mean of
-    every parameter, which fails on NNCF's integer parameters: replace it on the instance."""
+    """Keep the Runner from re-initializing the weights detcompress loaded (see
+    `patches.mark_initialized`)."""
+    from detcompress.patches import mark_initialized as patch
 
-    def init_weights() -> None:
-        """Weights were initialized and loaded by detcompress before the Runner was built."""
-
-    model.init_weights = init_weights
+    patch(model)
 
 
 @dataclass

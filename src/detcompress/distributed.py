@@ -1,8 +1,9 @@
 """Distributed data-parallel runs through mmengine: `torchrun` (`--launcher pytorch`) or slurm.
 
-detcompress compresses the detector *before* mmengine's Runner exists (see DESIGN.md), so the
-process group is set up here, early, with mmengine's own `init_dist`; the Runner then finds it
-initialized and does not set it up again (`Runner.setup_env` skips `init_dist` when
+detcompress compresses the detector *before* mmengine's Runner exists (the Runner builds the
+optimizer from the model it is given), so the process group is set up here, early, with
+mmengine's own `init_dist`; the Runner then finds it initialized and does not set it up again
+(`Runner.setup_env` skips `init_dist` when
 `torch.distributed.is_initialized()`), wraps the model in `MMDistributedDataParallel`, shards
 the training data per rank with its samplers and writes checkpoints from rank 0 only.
 
@@ -120,7 +121,7 @@ def init(launcher: str, device: str, cfg: Any) -> DistInfo:
     import torch.multiprocessing as mp
     from mmengine.dist import get_dist_info, init_dist, is_distributed
 
-    from detcompress.compat import cuda_set_device_without_cuda
+    from detcompress.patches import cuda_set_device_without_cuda
 
     env_cfg = cfg.get("env_cfg") or {}
     dist_cfg = dict(env_cfg.get("dist_cfg") or {})

@@ -186,7 +186,7 @@ def _exported_model(
     if not metadata["postprocessing"]:
         from mmdet.registry import MODELS
 
-        from detcompress.compat import apply_mmdet_workarounds
+        from detcompress.patches import apply_mmdet_workarounds
 
         apply_mmdet_workarounds()
         head = MODELS.build(cfg.model).bbox_head.eval()  # mmdet's own postprocessing

@@ -144,7 +144,7 @@ def check_names_resolve_without_imports(values: dict[str, Any]) -> None:
     """Refuse data that mmengine, mmcv or mmdet would turn into an import or an `eval`."""
     if values.get("custom_imports"):
         raise _Refused("it imports modules (`custom_imports`)")
-    from detcompress.compat import registry_imports_disabled
+    from detcompress.patches import registry_imports_disabled
 
     registries, scopes = _loaded_registries()
     with registry_imports_disabled():

@@ -18,13 +18,12 @@ from mmengine.hooks import Hook
 from detcompress import __version__, glibc_malloc
 from detcompress.checkpoint import (
     from_safe_message_hub,
-    install_mmengine_loader,
     plain,
     to_safe_message_hub,
 )
-from detcompress.compat import atomic_checkpoint_saves
 from detcompress.errors import ConfigError
 from detcompress.io import latest_checkpoint
+from detcompress.patches import atomic_checkpoint_saves, mmengine_loads_checkpoints_safely
 
 
 def package_versions(*extra: str) -> dict[str, str]:
@@ -348,8 +347,8 @@ def run(
 ) -> TrainResult:
     """Train (or only validate) `model` through mmengine's Runner; with `cfg.resume` and
     `cfg.load_from` set, continue from that checkpoint. Checkpoints are written atomically."""
-    with atomic_checkpoint_saves():
-        return _run(cfg, model, meta, structure, trust_checkpoint, evaluate_only, hooks)
+    with atomic_checkpoint_saves(), mmengine_loads_checkpoints_safely(trust_checkpoint):
+        return _run(cfg, model, meta, structure, evaluate_only, hooks)
 
 
 def save_checkpoint(runner: Any, work_dir: Path, name: str) -> Path:
@@ -366,11 +365,9 @@ def _run(
     model: Any,
     meta: dict[str, Any],
     structure: Callable[[Any], dict[str, Any] | None],
-    trust_checkpoint: bool,
     evaluate_only: bool,
     hooks: list[Any] | None,
 ) -> TrainResult:
-    install_mmengine_loader(trust=trust_checkpoint)
     work_dir = Path(cfg.work_dir)
     recorder = MetricsRecorderHook()
     runner = build_runner(cfg, model)

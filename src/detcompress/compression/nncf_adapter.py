@@ -4,7 +4,7 @@ compression structure to and from checkpoints, and the compression summary.
 The detector is quantized in mmdet's `tensor` mode (backbone, neck and head outputs): NNCF traces
 `model(images)` and inserts fake quantizers by operation name; the same names occur when the
 Runner calls the model in `loss` and `predict` mode, so the quantizers act there too (see
-`compat.route_head_through_module`, without which the head's names would differ).
+`patches.route_head_through_module`, without which the head's names would differ).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ checkpoint with the compression structure (`model_structure`).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,9 +19,6 @@ import torch
 from detcompress.compression.scopes import match_scopes
 from detcompress.errors import DetcompressError, PresetError
 from detcompress.presets import Algorithm, NNCFConfig, Quantization
-
-# NNCF compiles a C++ extension on first use (about 45 s on 2 cores), close to its 60 s limit.
-os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 
 # NNCF 2's defaults, in images.
 DEFAULT_RANGE_INIT_SAMPLES = 256
@@ -501,6 +497,9 @@ def compress_model(
 ) -> tuple[Any, CompressionReport]:
     """Initialize compression on an uncompressed detector (pruning, sparsity masks,
     calibration, BN adaptation)."""
+    from detcompress.patches import nncf_extension_build_time
+
+    nncf_extension_build_time()
     report = CompressionReport()
     example = to_inputs(batches[0])
     state = CompressionState(input_shape=[1, *example.shape[1:]])
@@ -678,6 +677,9 @@ def model_structure(model: Any) -> dict[str, Any] | None:
 def rebuild_model(model: Any, structure: dict[str, Any], source: str = "checkpoint") -> Any:
     """Recreate a compressed model's structure from its checkpoint (no re-initialization):
     the pruned architecture, then NNCF's hooks; the caller loads the weights."""
+    from detcompress.patches import nncf_extension_build_time
+
+    nncf_extension_build_time()
     if "format" not in structure:  # checkpoints before pruning: NNCF's structure alone
         structure = {"nncf": structure, "state": None, "pruned_channels": None}
     state_data = structure.get("state")
