@@ -47,7 +47,7 @@ def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, l
     if variant.startswith("int8"):
         path = bundled_presets()["int8"]
         nncf_config = build_nncf_config(read_preset_file(path), str(path))
-        model, _ = api._initialize_compression(cfg, model, nncf_config)
+        model, _ = api.initialize_compression(cfg, model, nncf_config)
         if variant == "int8":  # as detcompress trains (CompressionScheduleHook.before_train)
             from detcompress.compression import speedups
 

@@ -177,7 +177,7 @@ def test_compressed_checkpoint_reloads_bit_identically(qat_run: dict, tmp_path: 
     meta = detector.detcompress_meta(ckpt)
     assert meta is not None
     cfg = Config.fromstring(meta["config_text"], file_format=".py")
-    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt).eval()
+    model = api.rebuild_compressed(detector.build_detector(cfg), meta, ckpt).eval()
     x = torch.rand(2, 3, 96, 96) * 255
     with torch.no_grad():
         here = [t for level in model(x) for t in level]
@@ -241,7 +241,7 @@ def test_fake_quantizers_act_in_loss_predict_and_tensor_modes(qat_run: dict) -> 
     assert meta is not None
     cfg = Config.fromstring(meta["config_text"], file_format=".py")
     batch = training.calibration_batches(cfg, 1)[0]
-    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
+    model = api.rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
     counts = _quantizer_calls_per_mode(model, batch)
     # Every quantizer of the traced graph runs in every mode (shared ones more than once).
     assert counts["tensor"] == counts["predict"] == counts["loss"]
@@ -252,7 +252,7 @@ def test_fake_quantizers_act_in_loss_predict_and_tensor_modes(qat_run: dict) -> 
     # And the reason for detcompress's head routing: without it, tensor mode misses the head's.
     plain = detector.build_detector(cfg)
     del plain._forward  # back to mmdet's own SingleStageDetector._forward
-    unrouted = _quantizer_calls_per_mode(api._rebuild_compressed(plain, meta, ckpt), batch)
+    unrouted = _quantizer_calls_per_mode(api.rebuild_compressed(plain, meta, ckpt), batch)
     assert unrouted["tensor"] < unrouted["loss"] == counts["loss"]
 
 
@@ -270,7 +270,7 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     assert meta is not None
     cfg = Config.fromstring(meta["config_text"], file_format=".py")
     batch = training.calibration_batches(cfg, 1)[0]
-    model = api._rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
+    model = api.rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
     # Training-mode forwards update batch-norm statistics: every run starts from the same ones.
     start = {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from detcompress.config import LoadedConfig, check_data_paths, load_config
+from detcompress.detector import unwrapped
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
 from detcompress.io import (
     check_output_dir,
@@ -250,14 +251,14 @@ def compress(
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
         nncf_config = _nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
-        model = _rebuild_compressed(model, source_meta, source, plan.load_from)
+        model = rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
     else:
         if plan.load_from is not None and source is not None:
             filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
             report_lines.append(filled.line(plan.load_from))
         if not nncf_config.is_empty:
-            model, init_report = _initialize_compression(cfg, model.to(target_device), nncf_config)
+            model, init_report = initialize_compression(cfg, model.to(target_device), nncf_config)
             report_lines += init_report.lines
             report = init_report.data
     # Every rank starts from rank 0's weights and compression (see distributed.py).
@@ -308,12 +309,8 @@ def compress(
         statistics=_final_statistics(result.runner.model, nncf_config),
         rank=dist.rank,
         world_size=dist.world_size,
-        model=_unwrapped(result.runner.model),
+        model=unwrapped(result.runner.model),
     )
-
-
-def _unwrapped(model: Any) -> Any:
-    return model.module if hasattr(model, "module") else model
 
 
 def _final_statistics(model: Any, nncf_config: Any) -> dict[str, Any]:
@@ -321,7 +318,7 @@ def _final_statistics(model: Any, nncf_config: Any) -> dict[str, Any]:
         return {}
     from detcompress.compression.pipeline import statistics
 
-    return statistics(_unwrapped(model), nncf_config)
+    return statistics(unwrapped(model), nncf_config)
 
 
 def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
@@ -348,7 +345,7 @@ def _compression_hooks(nncf_config: Any) -> list[Any]:
     return [CompressionScheduleHook(nncf_config)]
 
 
-def _initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
+def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
     from detcompress.compression.pipeline import calibration_batches_needed, compress_model
     from detcompress.training import calibration_batches
 
@@ -374,7 +371,7 @@ def _rebuild_structure(model: Any, meta: dict[str, Any], source: Path | str) -> 
     return rebuild_model(model, structure, str(source))
 
 
-def _rebuild_compressed(
+def rebuild_compressed(
     model: Any, meta: dict[str, Any], checkpoint: Any, source: Path | str = "checkpoint"
 ) -> Any:
     """`_rebuild_structure`, then the checkpoint's weights and quantizer values."""
@@ -583,5 +580,5 @@ def resume(
         statistics=_final_statistics(result.runner.model, stored),
         rank=dist.rank,
         world_size=dist.world_size,
-        model=_unwrapped(result.runner.model),
+        model=unwrapped(result.runner.model),
     )

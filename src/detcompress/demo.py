@@ -421,7 +421,6 @@ def _move_aside(path: Path, to: Path) -> None:
 
 
 def _digest(path: Path) -> str:
-    import hashlib
+    from detcompress.loading import sha256_of
 
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_of(path)

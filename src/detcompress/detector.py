@@ -91,6 +91,13 @@ def select_device(device: str) -> str:
     return "cpu"
 
 
+def unwrapped(model: Any) -> Any:
+    """The model inside mmengine's DDP (or other) wrapper, else the model itself."""
+    from mmengine.model import is_model_wrapper
+
+    return model.module if is_model_wrapper(model) else model
+
+
 def mark_initialized(model: Any) -> None:
     """Keep the Runner from re-initializing the weights detcompress loaded (see
     `patches.mark_initialized`)."""

@@ -111,11 +111,8 @@ def _check_readable(target: Path, kind: str) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_detector(
@@ -154,7 +151,7 @@ def load_detector(
     model = detector.build_detector(cfg)
     compressed = bool(meta.get("compressed"))
     if compressed:
-        model = api._rebuild_compressed(model, meta, checkpoint, path)
+        model = api.rebuild_compressed(model, meta, checkpoint, path)
     else:
         detector.load_weights(model, checkpoint, path)
     model.eval()

@@ -15,7 +15,7 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
-from detcompress import __version__, glibc_malloc
+from detcompress import __version__, detector, glibc_malloc
 from detcompress.checkpoint import (
     from_safe_message_hub,
     plain,
@@ -64,7 +64,7 @@ class SelfDescribingCheckpointHook(Hook):
         self.structure = structure
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = detector.unwrapped(runner.model)
         structure = self.structure(model)
         meta = {**self.meta, "compressed": structure is not None, "structure": structure}
         checkpoint.setdefault("meta", {})["detcompress"] = plain(meta)

@@ -19,7 +19,9 @@ from detcompress.presets import NNCFConfig
 
 
 def _unwrap(model: Any) -> Any:
-    return model.module if hasattr(model, "module") else model
+    from detcompress.detector import unwrapped
+
+    return unwrapped(model)
 
 
 class CompressionScheduleHook(Hook):
