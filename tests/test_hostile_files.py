@@ -192,9 +192,7 @@ def test_stored_config_reads_as_data_exactly_as_mmengine_executes_it(tmp_path: P
 
     for stock in (
         "rtmdet/rtmdet_tiny_8xb32-300e_coco.py",
-        "ssd/ssd300_coco.py",
         "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py",
-        "yolox/yolox_tiny_8xb8-300e_coco.py",
         "detr/detr_r50_8xb2-150e_coco.py",
     ):
         config = tmp_path / "stock.py"

@@ -4,15 +4,10 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import FAST_INIT
 
 
 @pytest.fixture()
@@ -104,31 +99,3 @@ def test_a_missing_private_symbol_switches_them_off(
     assert "forward" not in vars(model) or type(vars(model)["forward"]).__name__ != (
         "_TrainingForward"
     )
-
-
-COMPRESS_ON_ANOTHER_NNCF = """
-import sys
-import nncf
-nncf.__version__ = "3.9.0"  # an NNCF the speed-ups were not verified with
-from detcompress.cli import main
-sys.argv = ["detcompress", *sys.argv[1:]]
-main()
-"""
-
-
-@pytest.mark.slow
-def test_qat_runs_on_nncfs_own_path_when_switched_off(
-    tiny_workspace: Path, tiny_fp32: dict, tmp_path: Path
-) -> None:
-    work_dir = tmp_path / "qat"
-    result = subprocess.run(
-        [sys.executable, "-c", COMPRESS_ON_ANOTHER_NNCF, "compress",
-         str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8", "--load-from",
-         tiny_fp32["checkpoint"], "--max-iters", "2", "--work-dir", str(work_dir),
-         "--cfg-options", *FAST_INIT],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert output.count("speed-ups are off (NNCF 3.9.0 is not a version") == 1
-    assert (work_dir / "iter_2.pth").is_file()
