@@ -204,6 +204,19 @@ def test_stored_config_reads_as_data_exactly_as_mmengine_executes_it(tmp_path: P
         assert read.pretty_text == executed.pretty_text, stock
 
 
+def test_inline_nncf_config_is_data_not_registry_types() -> None:
+    from detcompress.stored_config import read_stored_config
+
+    text = (
+        "model = dict(type='RetinaNet')\n"
+        "nncf_config = dict(input_info=dict(sample_size=[1, 3, 64, 64], type='float'),\n"
+        "    compression=dict(algorithm='quantization',\n"
+        "        initializer=dict(range=dict(type='min_max'))))\n"
+    )
+    cfg = read_stored_config(text, "model.pth", trust=False, filename="c.py")
+    assert cfg.nncf_config.compression.initializer.range.type == "min_max"
+
+
 @pytest.mark.parametrize(
     ("line", "named"),
     [

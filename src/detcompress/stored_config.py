@@ -147,8 +147,11 @@ def check_names_resolve_without_imports(values: dict[str, Any]) -> None:
     from detcompress.patches import registry_imports_disabled
 
     registries, scopes = _loaded_registries()
+    # The inline nncf_config is detcompress's own data (its `type`s are NNCF range types, not
+    # registry names), validated by the preset schema and never built by a registry.
+    built = {key: value for key, value in values.items() if key != "nncf_config"}
     with registry_imports_disabled():
-        for path, key, value in _walk(values):
+        for path, key, value in _walk(built):
             if key in ("_scope_", "default_scope"):
                 if value is not None and value not in scopes:
                     raise _Refused(f"{path}: unknown registry scope {value!r}")
