@@ -341,3 +341,28 @@ def test_shortened_schedule_says_what_it_changes(tmp_path: Path) -> None:
     assert fitted.exit_code == 0, fitted.output[-3000:]
     assert "LinearLR, iterations 0-10" not in fitted.output  # fits now: nothing to say
     assert "inside the warm-up" not in fitted.output
+
+
+def test_one_device_vocabulary_for_every_command() -> None:
+    """eval/bench take OpenVINO's names, compress/resume torch's; either spelling works in
+    every command, and an unknown one is still refused with the valid list."""
+    from detcompress.detector import openvino_device_name, select_device, torch_device_name
+
+    assert [openvino_device_name(d) for d in ("cpu", "cuda", "gpu", "Auto", "GPU")] == [
+        "CPU", "GPU", "GPU", "AUTO", "GPU"
+    ]  # fmt: skip
+    assert [torch_device_name(d) for d in ("CPU", "GPU", "cuda", "AUTO")] == [
+        "cpu", "cuda", "cuda", "auto"
+    ]  # fmt: skip
+    assert openvino_device_name("tpu") == "tpu" and torch_device_name("TPU") == "TPU"
+    assert select_device("AUTO") in ("cpu", "cuda")
+
+
+@pytest.mark.slow
+def test_eval_and_bench_take_the_lowercase_device(tiny_fp32: dict, tiny_fp32_export: Path) -> None:
+    xml = tiny_fp32_export / "model.xml"
+    bench = runner.invoke(app, ["bench", str(xml), "--device", "cpu", "--seconds", "0.1",
+                                "--mode", "latency"])  # fmt: skip
+    assert bench.exit_code == 0, bench.output[-3000:]
+    evaluated = runner.invoke(app, ["eval", str(xml), "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]

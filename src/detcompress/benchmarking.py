@@ -450,6 +450,9 @@ def bench(
     trust_checkpoint: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
+    from detcompress.detector import openvino_device_name
+
+    device = openvino_device_name(device)  # `cpu`, `cuda` and `gpu` work too
     check_inputs(models, device, mode, precision, seconds, batch, threads)
     evaluations = read_eval_jsons(list(eval_jsons or []))
     backends = [BACKENDS[model_kind(p)] for p in models]

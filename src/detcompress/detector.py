@@ -70,6 +70,24 @@ def _quiet_mmengine_logger() -> Iterator[None]:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+# OpenVINO's names, as `eval` and `bench` take them; the same words work for every command.
+OPENVINO_DEVICES = ("CPU", "GPU", "AUTO")
+
+
+def torch_device_name(device: str) -> str:
+    """'CPU', 'GPU', 'cuda', 'Auto', ... -> detcompress's torch vocabulary (auto, cpu, cuda);
+    an unknown name is returned as given, for the caller's error."""
+    return {"gpu": "cuda"}.get(device.lower(), device.lower()) if _known(device) else device
+
+
+def openvino_device_name(device: str) -> str:
+    """'cpu', 'cuda', 'gpu', 'Auto', ... -> OpenVINO's vocabulary (CPU, GPU, AUTO); an unknown
+    name is returned as given, for the caller's error."""
+    return {"CUDA": "GPU"}.get(device.upper(), device.upper()) if _known(device) else device
+
+
+def _known(device: str) -> bool:
+    return device.lower() in {"auto", "cpu", "cuda", "gpu"}
 
 
 def select_device(device: str) -> str:
@@ -77,6 +95,7 @@ def select_device(device: str) -> str:
     'cpu' hides the GPUs from torch (and so from mmengine's Runner) for this process."""
     import os
 
+    device = torch_device_name(device)
     if device not in DEVICES:
         raise DetcompressError(f"--device is '{device}'; valid: {', '.join(DEVICES)}")
     if device == "cpu":

@@ -71,6 +71,9 @@ def evaluate(
     trust_checkpoint: bool = False,
 ) -> EvalResult:
     kind = model_kind(target)
+    from detcompress.detector import openvino_device_name
+
+    device = openvino_device_name(device)
     if device not in DEVICES:
         raise DetcompressError(f"--device is '{device}'; valid: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
