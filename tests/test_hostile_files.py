@@ -132,15 +132,21 @@ def _assert_refused_and_nothing_ran(
     assert not (tmp_path / "out").exists() and not (tmp_path / "resumed").exists()
 
 
+@pytest.fixture()
+def places(tmp_path: Path) -> tuple[Path, Path]:
+    """(the marker file a payload creates if it runs, an empty folder for the hostile file)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    return tmp_path / "PAYLOAD_RAN", folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 @pytest.mark.parametrize("kind", ["detcompress", "mmengine"])
 def test_hostile_checkpoint_runs_nothing_in_any_command(
-    tiny_fp32: dict, tmp_path: Path, payload: str, kind: str
+    tiny_fp32: dict, places: tuple[Path, Path], tmp_path: Path, payload: str, kind: str
 ) -> None:
-    marker = tmp_path / "PAYLOAD_RAN"
-    folder = tmp_path / "files"
-    folder.mkdir()
+    marker, folder = places
     model = _tampered_checkpoint(
         Path(tiny_fp32["checkpoint"]),
         folder / "x.pth",
@@ -157,11 +163,9 @@ def test_hostile_checkpoint_runs_nothing_in_any_command(
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
 def test_hostile_exported_model_runs_nothing(
-    exported: Path, tmp_path: Path, payload: str, fmt: str
+    exported: Path, places: tuple[Path, Path], tmp_path: Path, payload: str, fmt: str
 ) -> None:
-    marker = tmp_path / "PAYLOAD_RAN"
-    folder = tmp_path / "files"
-    folder.mkdir()
+    marker, folder = places
     tamper = _tampered_ir if fmt == "openvino" else _tampered_onnx
     model = tamper(exported, folder, PAYLOADS[payload](marker))
     _assert_refused_and_nothing_ran(["eval", model], model, marker, tmp_path)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from detcompress import patches
 from detcompress.config import LoadedConfig, check_data_paths, load_config
 from detcompress.detector import unwrapped
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
@@ -269,7 +270,7 @@ def compress(
     if dist.is_main:
         for line in report_lines:
             print(f"[detcompress] {line}", flush=True)
-    detector.mark_initialized(model)
+    patches.mark_initialized(model)
     if not nncf_config.is_empty:
         from detcompress.compression.pipeline import compression_lr_multiplier
 
@@ -558,7 +559,7 @@ def resume(
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
         model = _rebuild_structure(model, meta, path)
-    detector.mark_initialized(model)
+    patches.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
     distributed.configure_runner(cfg, dist, target_device)
     result = training.run(

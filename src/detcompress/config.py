@@ -181,8 +181,9 @@ def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> 
             raise ConfigError(
                 f"--cfg-options: unknown key '{key}' in {path}{closest(top, list(cfg.keys()))}"
             )
+    current = cfg.to_dict() if pairs else {}
     for key, value in pairs:
-        _check_same_kind(cfg, key, value, path)
+        _check_same_kind(current, key, value, path)
     if pairs:
         try:
             cfg.merge_from_dict(dict(pairs), allow_list_keys=True)
@@ -190,10 +191,10 @@ def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> 
             raise ConfigError(f"--cfg-options: cannot apply to {path}: {exc}") from exc
 
 
-def _check_same_kind(cfg: Any, key: str, value: Any, path: Path) -> None:
+def _check_same_kind(config: dict[str, Any], key: str, value: Any, path: Path) -> None:
     """A number or a boolean of the config is not replaced by a value of another kind (YAML
     reads `lr=abc` as a string, which would fail deep inside torch)."""
-    current: Any = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg  # a Config: its dict
+    current: Any = config
     for part in key.split("."):
         if isinstance(current, dict) and part in current:
             current = current[part]

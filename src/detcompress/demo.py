@@ -18,6 +18,7 @@ import numpy as np
 
 from detcompress.errors import OutputExistsError
 from detcompress.io import atomic_dir, check_output_dir, staging_dir
+from detcompress.loading import sha256_of
 
 CLASSES = ("circle", "square", "triangle")
 PALETTE = [(220, 20, 60), (0, 128, 255), (60, 180, 75)]
@@ -383,7 +384,7 @@ def _write_workspace(folder: Path, seed: int, spec: DemoSpec) -> None:
         )
     )
     written = {
-        str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
     (folder / MANIFEST).write_text(json.dumps(written, indent=1) + "\n")
 
@@ -407,7 +408,7 @@ def _refresh_into(new: Path, directory: Path) -> Path:
         for parent in reversed(relative.parents[:-1]):  # a file where we need a folder
             if (directory / parent).is_file():
                 _move_aside(directory / parent, aside / parent)
-        unchanged = target.is_file() and ours.get(str(relative)) == _digest(target)
+        unchanged = target.is_file() and ours.get(str(relative)) == sha256_of(target)
         if target.exists() and relative.name != MANIFEST and not unchanged:
             _move_aside(target, aside / relative)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -418,9 +419,3 @@ def _refresh_into(new: Path, directory: Path) -> Path:
 def _move_aside(path: Path, to: Path) -> None:
     to.parent.mkdir(parents=True, exist_ok=True)
     path.rename(to)
-
-
-def _digest(path: Path) -> str:
-    from detcompress.loading import sha256_of
-
-    return sha256_of(path)

@@ -70,8 +70,6 @@ def _quiet_mmengine_logger() -> Iterator[None]:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-# OpenVINO's names, as `eval` and `bench` take them; the same words work for every command.
-OPENVINO_DEVICES = ("CPU", "GPU", "AUTO")
 
 
 def torch_device_name(device: str) -> str:
@@ -115,14 +113,6 @@ def unwrapped(model: Any) -> Any:
     from mmengine.model import is_model_wrapper
 
     return model.module if is_model_wrapper(model) else model
-
-
-def mark_initialized(model: Any) -> None:
-    """Keep the Runner from re-initializing the weights detcompress loaded (see
-    `patches.mark_initialized`)."""
-    from detcompress.patches import mark_initialized as patch
-
-    patch(model)
 
 
 @dataclass

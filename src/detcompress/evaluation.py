@@ -96,7 +96,9 @@ def evaluate(
         backend = "pytorch"
     else:
         cfg, metadata = _exported_config(target, kind, config, trust_checkpoint)
-        _apply_options(cfg, cfg_options, target)
+        from detcompress.config import apply_cfg_options
+
+        apply_cfg_options(cfg, cfg_options, target)
         _check_classes(cfg, metadata, target)
         model, backend, runs_in = _exported_model(target, cfg, metadata, device, precision)
         # What the model really runs in: an FP32 IR runs in bf16 on CPUs with AMX.
@@ -130,12 +132,6 @@ def _with_map_keys(metrics: dict[str, float]) -> dict[str, float]:
         return metrics
     # The size buckets stay out: they are -1 where the dataset has no object of that size.
     return {"bbox_mAP": 0.0, "bbox_mAP_50": 0.0, "bbox_mAP_75": 0.0}
-
-
-def _apply_options(cfg: Any, cfg_options: list[str] | None, source: Path) -> None:
-    from detcompress.config import apply_cfg_options
-
-    apply_cfg_options(cfg, cfg_options, source)
 
 
 def _exported_config(

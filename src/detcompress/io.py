@@ -4,14 +4,13 @@ checkpoints of a work dir."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from detcompress.errors import OutputExistsError
 
@@ -79,8 +78,19 @@ def staging_dir(target: Path) -> Iterator[Path]:
 
 def remove_stale_staging(target: Path) -> None:
     """Remove the temporary folders and files that killed processes left beside `target`."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:old\.)?(\d+)(?:\..*)?\.tmp")
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+    _remove_stale(target.parent, re.escape(target.name))
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files and folders that killed processes left in `folder`."""
+    _remove_stale(folder, ".+?")
+
+
+def _remove_stale(folder: Path, name: str) -> None:
+    """Leftovers are named `.<name>.[old.]<pid>[.<random>].tmp` (see `_atomic_file`,
+    `staging_dir`, `atomic_dir`); those of processes no longer running are removed."""
+    pattern = re.compile(rf"\.(?:{name})\.(?:old\.)?(\d+)(?:\..*)?\.tmp")
+    for leftover in folder.glob(".*.tmp"):
         found = pattern.fullmatch(leftover.name)
         if found and not _process_alive(int(found.group(1))):
             if leftover.is_dir():
@@ -125,8 +135,11 @@ def atomic_dir(target: Path, replace: bool = False) -> Iterator[Path]:
             tmp.rename(target)
 
 
-def atomic_write_text(target: Path, text: str) -> None:
-    """Write a file through a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[IO[bytes]]:
+    """A binary file to write, beside `target`; when the block ends without an error it is
+    flushed to disk and renamed to `target`, so a reader sees the old file or the complete new
+    one, never a truncated one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
         raise OutputExistsError(f"{target}: is a folder; expected a file name to write")
@@ -135,28 +148,8 @@ def atomic_write_text(target: Path, text: str) -> None:
         prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
     )
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is ordinary
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_torch_save(obj: Any, target: Path | str) -> None:
-    """torch.save through a temporary file beside `target`, fsync, then an atomic rename: a
-    reader sees the old file or the complete new one, never a truncated one."""
-    import torch
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
-    )
-    try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is ordinary
@@ -166,13 +159,18 @@ def atomic_torch_save(obj: Any, target: Path | str) -> None:
             os.unlink(tmp)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporary files and folders that killed processes left in `folder`."""
-    pattern = re.compile(r"\.(.+?)\.(?:old\.)?(\d+)(?:\..*)?\.tmp")
-    for leftover in folder.glob(".*.tmp"):
-        found = pattern.fullmatch(leftover.name)
-        if found:
-            remove_stale_staging(leftover.with_name(found.group(1)))
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write a text file atomically (see `_atomic_file`)."""
+    with _atomic_file(target) as f:
+        f.write(text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, target: Path | str) -> None:
+    """torch.save atomically (see `_atomic_file`)."""
+    import torch
+
+    with _atomic_file(Path(target)) as f:
+        torch.save(obj, f)
 
 
 def looks_complete(checkpoint: Path) -> bool:

@@ -126,7 +126,7 @@ def load_detector(
     from detcompress.config import load_mmdet_config
     from detcompress.stored_config import read_stored_config
 
-    if not path.is_file():
+    if not path.exists():  # a folder or a non-checkpoint file: load_checkpoint says what it is
         raise CheckpointError(f"{path}: no such checkpoint file")
     checkpoint = load_checkpoint(path, trust=trust_checkpoint)
     meta = detector.detcompress_meta(checkpoint) or {}

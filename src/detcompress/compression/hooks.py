@@ -15,13 +15,8 @@ from mmengine.hooks import Hook
 
 from detcompress.compression import pipeline
 from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
+from detcompress.detector import unwrapped
 from detcompress.presets import NNCFConfig
-
-
-def _unwrap(model: Any) -> Any:
-    from detcompress.detector import unwrapped
-
-    return unwrapped(model)
 
 
 class CompressionScheduleHook(Hook):
@@ -68,20 +63,20 @@ class CompressionScheduleHook(Hook):
 
     def epoch(self, runner: Any, batch_idx: int) -> float:
         """The fractional epoch of the iteration about to run."""
+        if self.steps_per_epoch is not None:  # runner.iter counts every finished iteration
+            return runner.iter / self.steps_per_epoch
         loader = runner.train_dataloader
         per_epoch = len(loader)
         sampler = getattr(loader, "sampler", None)
         if type(sampler).__name__ == "InfiniteSampler":  # its length is the whole dataset's
             per_epoch //= max(getattr(sampler, "world_size", 1), 1)
-        if self.steps_per_epoch is not None:  # runner.iter counts every finished iteration
-            return runner.iter / self.steps_per_epoch
         per_epoch = max(per_epoch, 1)
         if type(runner.train_loop).__name__ == "EpochBasedTrainLoop":
             return runner.epoch + batch_idx / per_epoch
         return runner.iter / per_epoch
 
     def before_train(self, runner: Any) -> None:
-        model = _unwrap(runner.model)
+        model = unwrapped(runner.model)
         if self.sparsity_algo is not None and self.sparsity_algo.name == "rb_sparsity":
             self._add_rb_loss(model)
         if "nncf" in sys.modules:  # else nothing can be NNCF-compressed (e.g. filter pruning)
@@ -91,7 +86,7 @@ class CompressionScheduleHook(Hook):
                 self._undo_speedups = speedups.speed_up_training(model)
 
     def after_train(self, runner: Any) -> None:
-        model = _unwrap(runner.model)
+        model = unwrapped(runner.model)
         if "loss" in vars(model):  # the RB loss patch: the trained model keeps mmdet's loss
             del model.loss
         if self._undo_speedups is not None:  # export and the rest see NNCF's model as NNCF made it
@@ -99,7 +94,7 @@ class CompressionScheduleHook(Hook):
             self._undo_speedups = None
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-        model = _unwrap(runner.model)
+        model = unwrapped(runner.model)
         epoch = self.epoch(runner, batch_idx)
         if self.quant_start != (None, None):
             self._switch_quantizers(runner, model, epoch)
@@ -176,7 +171,7 @@ class CompressionScheduleHook(Hook):
         model.loss = loss_with_sparsity
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
-        model = _unwrap(runner.model)
+        model = unwrapped(runner.model)
         self.statistics = pipeline.statistics(model, self.nncf_config)
         for line in pipeline.statistics_table(self.statistics):
             runner.logger.info(f"[detcompress] {line}")
@@ -187,7 +182,7 @@ def _sync_ema_masks(runner: Any) -> None:
     new sparsity masks, or validation and checkpoints would use the old level's."""
     from mmengine.hooks import EMAHook
 
-    source = dict(_unwrap(runner.model).named_buffers())
+    source = dict(unwrapped(runner.model).named_buffers())
     for hook in runner.hooks:
         if isinstance(hook, EMAHook) and getattr(hook, "ema_model", None) is not None:
             for name, buffer in hook.ema_model.module.named_buffers():
