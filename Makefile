@@ -29,7 +29,7 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 # The demo, end to end through the CLI: a synthetic workspace (made once), FP32 baseline, int8
 # QAT, export, eval and bench of all; writes $(DEMO_DIR)/report.md and report.png.
 demo: install
-	$(PY) -m detcompress.demo_pipeline $(DEMO_DIR)
+	$(PY) -m detcompress.demo.pipeline $(DEMO_DIR)
 
 test: install
 	$(VENV)/bin/python -m pytest -q

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--cpus", help="pin the measurements to these CPUs (e.g. 0,1)")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     args = parser.parse_args()
-    from detcompress.demo import init_demo
+    from detcompress.demo.workspace import init_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)

@@ -37,13 +37,15 @@ def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, l
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
-    from detcompress import api, detector, training
-    from detcompress.presets import build_nncf_config, bundled_presets, read_preset_file
+    from detcompress import api
+    from detcompress.config.presets import build_nncf_config, bundled_presets, read_preset_file
+    from detcompress.model import detector
+    from detcompress.train import runner
 
     cfg = Config.fromfile(str(workspace / "configs" / "demo.py"))
-    training.share_parameters_safely(cfg)
+    runner.share_parameters_safely(cfg)
     model = detector.build_detector(cfg)
-    batches = training.calibration_batches(cfg, batch_count)
+    batches = runner.calibration_batches(cfg, batch_count)
     if variant.startswith("int8"):
         path = bundled_presets()["int8"]
         nncf_config = build_nncf_config(read_preset_file(path), str(path))
@@ -59,9 +61,9 @@ def _build(workspace: Path, variant: str, batch_count: int) -> tuple[Any, Any, l
 def _as_training_does() -> None:
     """The process-wide setting detcompress's training applies (training.run), FP32 and int8
     alike."""
-    from detcompress import glibc_malloc
+    from detcompress.train import allocator
 
-    glibc_malloc.keep_freed_memory_for_reuse()
+    allocator.keep_freed_memory_for_reuse()
 
 
 def _step(model: Any, optim_wrapper: Any, batch: Any) -> float:
@@ -124,7 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = args.workspace
         if workspace is None:
-            from detcompress.demo import init_demo
+            from detcompress.demo.workspace import init_demo
 
             workspace = Path(tmp) / "ws"
             init_demo(workspace, seed=0)

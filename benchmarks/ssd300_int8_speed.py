@@ -85,7 +85,7 @@ def main() -> None:
         "--cpus", help="run the measurements pinned to these CPUs (taskset list, e.g. 0,1)"
     )
     args = parser.parse_args()
-    from detcompress.demo import DemoSpec, init_demo
+    from detcompress.demo.workspace import DemoSpec, init_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)

@@ -25,7 +25,7 @@ TINY_SPEC_KW = dict(image_size=96, train_images=24, val_images=8, max_object_siz
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo workspace with 24 train / 8 val images of 96 px and a 4-iteration config."""
-    from detcompress.demo import DemoSpec, demo_config_text, init_demo
+    from detcompress.demo.workspace import DemoSpec, demo_config_text, init_demo
 
     ws = tmp_path_factory.mktemp("ws") / "tiny"
     spec = DemoSpec(**TINY_SPEC_KW)
@@ -110,7 +110,7 @@ def file_digests(*paths: Path) -> dict[str, str]:
 
 RELOAD = """
 import sys, torch
-from detcompress.loading import load_detector
+from detcompress.model.load import load_detector
 from pathlib import Path
 model = load_detector(Path(sys.argv[1])).model
 with torch.no_grad():

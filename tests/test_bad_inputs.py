@@ -155,7 +155,7 @@ def test_binary_preset_is_one_line(tiny_workspace: Path, tmp_path: Path) -> None
 
 def test_nncf_filter_pruning_name_is_accepted() -> None:
     from detcompress.compression.pipeline import PruningSettings
-    from detcompress.presets import build_nncf_config
+    from detcompress.config.presets import build_nncf_config
 
     nncf = build_nncf_config(
         {"compression": {"algorithm": "filter_pruning", "params": {"filter_importance": "L1"}}},
@@ -166,7 +166,7 @@ def test_nncf_filter_pruning_name_is_accepted() -> None:
 
 def test_signed_and_percentiles_reach_nncf() -> None:
     from detcompress.compression.nncf_adapter import _quantizer_params, _range_estimator
-    from detcompress.presets import build_nncf_config
+    from detcompress.config.presets import build_nncf_config
 
     nncf = build_nncf_config(
         {
@@ -292,7 +292,7 @@ def test_bad_options_are_one_line(tiny_fp32: dict, files: dict[str, Path], tmp_p
 
 @pytest.mark.slow
 def test_eval_options_reach_a_checkpoints_model(tiny_fp32: dict) -> None:
-    from detcompress.loading import load_detector
+    from detcompress.model.load import load_detector
 
     loaded = load_detector(
         Path(tiny_fp32["checkpoint"]), cfg_options=["model.test_cfg.score_thr=0.77"]
@@ -346,7 +346,7 @@ def test_shortened_schedule_says_what_it_changes(tmp_path: Path) -> None:
 def test_one_device_vocabulary_for_every_command() -> None:
     """eval/bench take OpenVINO's names, compress/resume torch's; either spelling works in
     every command, and an unknown one is still refused with the valid list."""
-    from detcompress.detector import openvino_device_name, select_device, torch_device_name
+    from detcompress.model.detector import openvino_device_name, select_device, torch_device_name
 
     assert [openvino_device_name(d) for d in ("cpu", "cuda", "gpu", "Auto", "GPU")] == [
         "CPU", "GPU", "GPU", "AUTO", "GPU"

@@ -31,7 +31,7 @@ RESULT_KEYS = {
 def demo_ws(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """make demo's job on a copy of the tiny workspace: every step through the CLI (FP32
     training, int8 QAT, export, eval and bench of all, report)."""
-    from detcompress.demo_pipeline import run_demo
+    from detcompress.demo.pipeline import run_demo
 
     ws = tmp_path_factory.mktemp("demo") / "ws"
     shutil.copytree(tiny_workspace, ws, ignore=shutil.ignore_patterns("work_dirs"))

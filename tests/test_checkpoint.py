@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from detcompress.checkpoint import from_safe_message_hub, load_checkpoint, to_safe_message_hub
 from detcompress.errors import CheckpointError
+from detcompress.model.checkpoint import from_safe_message_hub, load_checkpoint, to_safe_message_hub
 
 
 def test_plain_state_dict_loads(tmp_path: Path) -> None:

@@ -170,8 +170,9 @@ def test_truncated_checkpoint_is_a_clear_error(qat_run: dict, tmp_path: Path) ->
 def test_compressed_checkpoint_reloads_bit_identically(qat_run: dict, tmp_path: Path) -> None:
     from mmengine.config import Config
 
-    from detcompress import api, detector
-    from detcompress.checkpoint import load_checkpoint
+    from detcompress import api
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
     meta = detector.detcompress_meta(ckpt)
@@ -188,8 +189,8 @@ def test_compressed_checkpoint_reloads_bit_identically(qat_run: dict, tmp_path: 
 
 def test_checkpoint_of_the_previous_format_still_loads(qat_run: dict, tmp_path: Path) -> None:
     """Checkpoints written before pruning existed hold NNCF's structure directly."""
-    from detcompress.checkpoint import load_checkpoint
-    from detcompress.loading import load_detector
+    from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.model.load import load_detector
 
     ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
     meta = ckpt["meta"]["detcompress"]
@@ -233,14 +234,16 @@ def _quantizer_calls_per_mode(model: Any, batch: Any) -> dict[str, int]:
 def test_fake_quantizers_act_in_loss_predict_and_tensor_modes(qat_run: dict) -> None:
     from mmengine.config import Config
 
-    from detcompress import api, detector, training
-    from detcompress.checkpoint import load_checkpoint
+    from detcompress import api
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.train.runner import calibration_batches
 
     ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
     meta = detector.detcompress_meta(ckpt)
     assert meta is not None
     cfg = Config.fromstring(meta["config_text"], file_format=".py")
-    batch = training.calibration_batches(cfg, 1)[0]
+    batch = calibration_batches(cfg, 1)[0]
     model = api.rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
     counts = _quantizer_calls_per_mode(model, batch)
     # Every quantizer of the traced graph runs in every mode (shared ones more than once).
@@ -261,15 +264,17 @@ def test_training_speedups_change_no_result(qat_run: dict) -> None:
     postprocessing) gives the same losses, gradients and predictions, and is undone."""
     from mmengine.config import Config
 
-    from detcompress import api, detector, training
-    from detcompress.checkpoint import load_checkpoint
+    from detcompress import api
     from detcompress.compression import speedups
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.train.runner import calibration_batches
 
     ckpt = load_checkpoint(qat_run["data"]["checkpoint"])
     meta = detector.detcompress_meta(ckpt)
     assert meta is not None
     cfg = Config.fromstring(meta["config_text"], file_format=".py")
-    batch = training.calibration_batches(cfg, 1)[0]
+    batch = calibration_batches(cfg, 1)[0]
     model = api.rebuild_compressed(detector.build_detector(cfg), meta, ckpt)
     # Training-mode forwards update batch-norm statistics: every run starts from the same ones.
     start = {k: v.clone() for k, v in model.state_dict().items()}

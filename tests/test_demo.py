@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from detcompress.cli import app
-from detcompress.demo import CLASSES, DemoSpec, write_dataset
+from detcompress.demo.workspace import CLASSES, DemoSpec, write_dataset
 
 SPEC = DemoSpec(image_size=96, train_images=30, val_images=10, max_object_size=40)
 

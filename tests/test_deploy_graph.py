@@ -92,8 +92,8 @@ def _mmdet_detections(head: Any, outs: list[list[torch.Tensor]], limit: int) -> 
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_graph_detections_match_mmdet(kind: str, fmt: str, tmp_path: Path) -> None:
-    from detcompress.backends import onnx_backend, openvino_backend
-    from detcompress.deploy_graph import DeployableDetector, Preprocessing, nms_params
+    from detcompress.deploy import onnx_backend, openvino_backend
+    from detcompress.deploy.graph import DeployableDetector, Preprocessing, nms_params
 
     head = _head(HEADS[kind], tmp_path)
     batch = 2

@@ -89,7 +89,7 @@ def test_checkpoint_of_two_processes_loads_in_one_process(two_processes: dict) -
     `detcompress eval` reproduces the validation the 2 processes ran together."""
     import hashlib
 
-    from detcompress.loading import load_detector
+    from detcompress.model.load import load_detector
 
     report = two_processes["report"]
     checkpoint = Path(report["checkpoint"])

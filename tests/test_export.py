@@ -57,7 +57,7 @@ def _images(config: Path, count: int = 2) -> torch.Tensor:
 
 
 def _torch_model(ckpt: Path) -> Any:
-    from detcompress.loading import load_detector
+    from detcompress.model.load import load_detector
 
     return load_detector(ckpt).model
 
@@ -161,8 +161,8 @@ def test_postprocessing_inside_gives_final_detections(
 
 @pytest.mark.slow
 def test_metadata_round_trips_through_ir_onnx_and_json(checkpoints: dict, tmp_path: Path) -> None:
-    from detcompress.backends import onnx_backend, openvino_backend
-    from detcompress.loading import sha256_of
+    from detcompress.deploy import onnx_backend, openvino_backend
+    from detcompress.model.load import sha256_of
 
     out = tmp_path / "out"
     _export(checkpoints["int8"], out, "--to", "all", "--batch", "2")

@@ -80,7 +80,7 @@ def exported(tiny_fp32_export: Path) -> Path:
 def _tampered_ir(exported: Path, folder: Path, edit: Callable[[str], str]) -> Path:
     import openvino as ov
 
-    from detcompress.backends.openvino_backend import RT_INFO_KEY
+    from detcompress.deploy.openvino_backend import RT_INFO_KEY
 
     model = ov.Core().read_model(str(exported / "model.xml"))
     metadata = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
@@ -93,7 +93,7 @@ def _tampered_ir(exported: Path, folder: Path, edit: Callable[[str], str]) -> Pa
 def _tampered_onnx(exported: Path, folder: Path, edit: Callable[[str], str]) -> Path:
     import onnx
 
-    from detcompress.backends.onnx_backend import METADATA_KEY
+    from detcompress.deploy.onnx_backend import METADATA_KEY
 
     model = onnx.load(str(exported / "model.onnx"))
     for entry in model.metadata_props:
@@ -192,7 +192,7 @@ def test_stored_config_reads_as_data_exactly_as_mmengine_executes_it(tmp_path: P
     detector families (one-stage, two-stage, transformer)."""
     from mmengine.config import Config
 
-    from detcompress.stored_config import read_stored_config
+    from detcompress.config.stored import read_stored_config
 
     for stock in (
         "rtmdet/rtmdet_tiny_8xb32-300e_coco.py",
@@ -209,7 +209,7 @@ def test_stored_config_reads_as_data_exactly_as_mmengine_executes_it(tmp_path: P
 
 
 def test_inline_nncf_config_is_data_not_registry_types() -> None:
-    from detcompress.stored_config import read_stored_config
+    from detcompress.config.stored import read_stored_config
 
     text = (
         "model = dict(type='RetinaNet')\n"
@@ -238,8 +238,8 @@ def test_inline_nncf_config_is_data_not_registry_types() -> None:
     ],
 )
 def test_stored_config_refusals_name_what_and_the_flag(line: str, named: str) -> None:
+    from detcompress.config.stored import read_stored_config
     from detcompress.errors import CheckpointError
-    from detcompress.stored_config import read_stored_config
 
     with pytest.raises(CheckpointError) as info:
         read_stored_config(f"a = 1\n{line}\n", "model.pth", trust=False, filename="c.py")

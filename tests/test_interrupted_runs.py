@@ -18,8 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import file_digests
-from detcompress.checkpoint import load_checkpoint
 from detcompress.cli import app
+from detcompress.model.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -127,7 +127,7 @@ def test_a_save_that_fails_midway_leaves_no_truncated_checkpoint(
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    from detcompress.io import remove_stale_temporaries
+    from detcompress.files import remove_stale_temporaries
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from detcompress.cli import app
-from detcompress.config import load_config
+from detcompress.config.mmdet_config import load_config
+from detcompress.config.presets import build_nncf_config, bundled_presets, read_preset_file
 from detcompress.errors import DetcompressError, PresetError
-from detcompress.presets import build_nncf_config, bundled_presets, read_preset_file
 
 runner = CliRunner()
 

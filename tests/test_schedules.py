@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from detcompress.cli import app
 from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
+from detcompress.config.presets import build_nncf_config
 from detcompress.errors import PresetError
-from detcompress.presets import build_nncf_config
 
 runner = CliRunner()
 

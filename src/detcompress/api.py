@@ -13,16 +13,16 @@ from typing import Any
 import yaml
 
 from detcompress import patches
-from detcompress.config import LoadedConfig, check_data_paths, load_config
-from detcompress.detector import unwrapped
+from detcompress.config.mmdet_config import LoadedConfig, check_data_paths, load_config
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
-from detcompress.io import (
+from detcompress.files import (
     check_output_dir,
     check_output_file,
     checkpoint_iteration,
     latest_checkpoint,
     looks_complete,
 )
+from detcompress.model.detector import unwrapped
 
 # ---------------------------------------------------------------------------------------------
 # init
@@ -34,15 +34,15 @@ def init_demo(
     force: bool = False,
     report: Callable[[str], None] = lambda line: None,
 ) -> Path:
-    from detcompress.demo import init_demo as write_workspace
+    from detcompress.demo.workspace import init_demo as write_workspace
 
     return write_workspace(directory, seed=seed, force=force, report=report)
 
 
 def init_preset(name: str, output: Path | None = None, force: bool = False) -> Path:
+    from detcompress.config.presets import bundled_presets
     from detcompress.errors import PresetError
-    from detcompress.io import atomic_write_text
-    from detcompress.presets import bundled_presets
+    from detcompress.files import atomic_write_text
 
     bundled = bundled_presets()
     if name not in bundled:
@@ -72,7 +72,7 @@ class CompressPlan:
     max_iters: int | None
     max_epochs: int | None
     warnings: list[str] = field(default_factory=list)
-    # What --max-iters/--max-epochs change in the config's schedule (training.schedule_changes).
+    # What --max-iters/--max-epochs change in the config's schedule (train.runner.schedule_changes).
     schedule_notes: list[str] = field(default_factory=list)
 
     @property
@@ -189,7 +189,7 @@ def plan_compress(
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
     check_output_dir(resolved_work_dir, "--work-dir")
-    from detcompress.training import schedule_changes
+    from detcompress.train.runner import schedule_changes
 
     return CompressPlan(
         loaded,
@@ -218,11 +218,12 @@ def compress(
     """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
     compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner;
     with a launcher other than 'none', as one of the processes of a distributed run."""
-    from detcompress import detector, distributed
+    from detcompress.model import detector
+    from detcompress.train import distributed
 
     distributed.check_launcher(launcher, "compress")
     target_device = detector.select_device(device)
-    from detcompress.checkpoint import load_checkpoint
+    from detcompress.model.checkpoint import load_checkpoint
 
     loaded = plan.config
     nncf_config = loaded.nncf
@@ -241,10 +242,10 @@ def compress(
         check_distributed(nncf_config, dist.world_size)
     distributed.run_on_main(dist, lambda: _claim_work_dir(plan.work_dir, force))
 
-    from detcompress import training
+    from detcompress.train import runner
 
     cfg = loaded.cfg
-    training.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
+    runner.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
     model = detector.build_detector(cfg)
     model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
     source_meta = detector.detcompress_meta(source)
@@ -262,7 +263,7 @@ def compress(
             model, init_report = initialize_compression(cfg, model.to(target_device), nncf_config)
             report_lines += init_report.lines
             report = init_report.data
-    # Every rank starts from rank 0's weights and compression (see distributed.py).
+    # Every rank starts from rank 0's weights and compression (see train/distributed.py).
     distributed.broadcast_state(model, dist)
     if dist.distributed:
         batch_size = cfg.train_dataloader.get("batch_size", 1)
@@ -274,7 +275,7 @@ def compress(
     if not nncf_config.is_empty:
         from detcompress.compression.pipeline import compression_lr_multiplier
 
-        training.scale_compression_lr(cfg, compression_lr_multiplier(nncf_config))
+        runner.scale_compression_lr(cfg, compression_lr_multiplier(nncf_config))
 
     meta = {
         "nncf_config": nncf_config.raw,
@@ -285,7 +286,7 @@ def compress(
     }
     distributed.configure_runner(cfg, dist, target_device)  # after config_text: not stored
     post_training_only = plan.max_iters == 0
-    result = training.run(
+    result = runner.run(
         cfg,
         model,
         meta,
@@ -298,7 +299,7 @@ def compress(
     if post_training_only and report:
         # Compression was initialized but nothing trained (post-training quantization): the
         # Runner saved nothing, so save the calibrated model here.
-        checkpoint = training.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
+        checkpoint = runner.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
     return CompressResult(
         result.work_dir,
         checkpoint,
@@ -341,14 +342,14 @@ def _compression_hooks(nncf_config: Any) -> list[Any]:
     """The schedules (sparsity, pruning) and the statistics after each validation."""
     if nncf_config.is_empty:
         return []
-    from detcompress.compression.hooks import CompressionScheduleHook
+    from detcompress.train.compression_hook import CompressionScheduleHook
 
     return [CompressionScheduleHook(nncf_config)]
 
 
 def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
     from detcompress.compression.pipeline import calibration_batches_needed, compress_model
-    from detcompress.training import calibration_batches
+    from detcompress.train.runner import calibration_batches
 
     batch_size = cfg.train_dataloader.get("batch_size", 1)
     batches = calibration_batches(cfg, calibration_batches_needed(nncf_config, batch_size))
@@ -399,7 +400,7 @@ def _nncf_config_of_checkpoint(
 ) -> Any:
     """A compressed checkpoint brings its own nncf_config; a different requested one is refused
     (with the differing keys) unless --force."""
-    from detcompress.presets import build_nncf_config, differing_keys
+    from detcompress.config.presets import build_nncf_config, differing_keys
 
     stored = meta.get("nncf_config") or {}
     if not requested.is_empty:
@@ -417,7 +418,7 @@ def _claim_work_dir(work_dir: Path, force: bool, after_iteration: int = -1) -> N
     resumed run: checkpoints after the iteration it resumes from). With `force` they are moved
     aside, never deleted: complete ones to `previous_run_<time>/`, unreadable ones (an
     interrupted save of an older version) to `corrupt_<time>/`."""
-    from detcompress.io import remove_stale_temporaries
+    from detcompress.files import remove_stale_temporaries
 
     if work_dir.exists() and not work_dir.is_dir():
         raise OutputExistsError(f"{work_dir}: is a file; --work-dir must be a folder")
@@ -503,13 +504,14 @@ def resume(
     """Continue a detcompress run from its checkpoint alone: config, data, model and
     compression come from the checkpoint; iteration, optimizer and LR state too. Any number of
     processes can resume a run of any number of processes."""
-    from detcompress import detector, distributed, training
-    from detcompress.stored_config import read_stored_config
+    from detcompress.config.stored import read_stored_config
+    from detcompress.model import detector
+    from detcompress.train import distributed, runner
 
     distributed.check_launcher(launcher, "resume")
     target_device = detector.select_device(device)
-    from detcompress.checkpoint import load_checkpoint
-    from detcompress.presets import build_nncf_config, read_preset_file, resolve_preset
+    from detcompress.config.presets import build_nncf_config, read_preset_file, resolve_preset
+    from detcompress.model.checkpoint import load_checkpoint
 
     check_output_dir(work_dir, "--work-dir")
     path = find_checkpoint(target)
@@ -533,8 +535,8 @@ def resume(
         meta["config_text"], path, trust_checkpoint, meta.get("config_name", "config.py")
     )
     if max_iters is not None:
-        training.set_schedule(cfg, max_iters, None)
-    training.share_parameters_safely(cfg)
+        runner.set_schedule(cfg, max_iters, None)
+    runner.share_parameters_safely(cfg)
     # Where the checkpoint is, not the work dir recorded in it: a run copied elsewhere must
     # not write into the original.
     cfg.work_dir = str(work_dir or path.parent)
@@ -562,7 +564,7 @@ def resume(
     patches.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
     distributed.configure_runner(cfg, dist, target_device)
-    result = training.run(
+    result = runner.run(
         cfg,
         model,
         run_meta,

@@ -21,8 +21,8 @@ Each is applied as a context manager or returns its undo, and says why. The inve
 
 Patches that belong to one subsystem stay there, with their undo: the QAT speed-ups
 (`compression/speedups`: NNCF's CPU kernel namespace, per-model forwards), the RB-sparsity loss
-(`compression/hooks.py`: a model's `loss`, undone after training) and glibc's allocator
-settings (`glibc_malloc.py`, `DETCOMPRESS_MALLOC=system` to opt out).
+(`train/compression_hook.py`: a model's `loss`, undone after training) and glibc's allocator
+settings (`train/allocator.py`, `DETCOMPRESS_MALLOC=system` to opt out).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def atomic_checkpoint_saves() -> Iterator[None]:
         if "://" in str(filename) or any(kwargs.values()):
             original(checkpoint, filename, **kwargs)  # a remote backend: mmengine's way
             return
-        from detcompress.io import atomic_torch_save
+        from detcompress.files import atomic_torch_save
 
         atomic_torch_save(checkpoint, filename)
 
@@ -163,7 +163,7 @@ def mmengine_loads_checkpoints_safely(trust: bool) -> Iterator[None]:
     `checkpoint.load_checkpoint`: `weights_only=True`, full unpickling only with `trust`."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from detcompress.checkpoint import load_checkpoint
+    from detcompress.model.checkpoint import load_checkpoint
 
     def load_local(filename: str, map_location: Any = None) -> Any:
         return load_checkpoint(filename, map_location=map_location, trust=trust)

@@ -42,14 +42,14 @@ def write_json(path: Path | None, data: dict[str, Any]) -> None:
     """Write `data` as JSON to `path` (atomically), or do nothing without a path."""
     if path is None:
         return
-    from detcompress.io import atomic_write_text
+    from detcompress.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def check_output_file(path: Path | None, option: str) -> None:
     """Refuse an output file that cannot be written, before any work starts."""
-    from detcompress.io import check_output_file as check
+    from detcompress.files import check_output_file as check
 
     check(path, option)
 

@@ -42,8 +42,8 @@ def bench(
 ) -> None:
     """Latency (median, p90, p99 of synchronous calls) and throughput (concurrent requests) of
     each model, side by side, with the precision each one really runs in."""
-    from detcompress.benchmarking import bench as run_bench
-    from detcompress.report import bench_table, check_plot_path, write_plot
+    from detcompress.measure.latency import bench as run_bench
+    from detcompress.measure.report import bench_table, check_plot_path, write_plot
 
     check_output_file(json_path, "--json")
     if plot is not None:

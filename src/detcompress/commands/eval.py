@@ -40,7 +40,7 @@ def evaluate(
 ) -> None:
     """Evaluate with the config's test dataloader and metric through mmengine's test loop; the
     same preprocessing and metric code for PyTorch, OpenVINO and ONNX Runtime."""
-    from detcompress.evaluation import evaluate
+    from detcompress.measure.evaluation import evaluate
 
     check_output_file(json_path, "--json")
     result = evaluate(

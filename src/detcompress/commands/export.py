@@ -50,7 +50,7 @@ def export(
 ) -> None:
     """Export to OpenVINO IR and/or ONNX (compression stripped, int8 kept), write the model's
     description beside it, and verify the exported model against PyTorch."""
-    from detcompress.export import export as run_export
+    from detcompress.deploy.export import export as run_export
 
     check_output_file(json_path, "--json")
     result = run_export(

@@ -33,8 +33,8 @@ from nncf.torch.function_hook.wrapper import get_hook_storage
 
 from detcompress.compression import speedups
 from detcompress.compression.scopes import match_scopes
+from detcompress.config.presets import Algorithm, Quantization, QuantizerSettings
 from detcompress.errors import PresetError
-from detcompress.presets import Algorithm, Quantization, QuantizerSettings
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
 RANGE_ESTIMATORS = {

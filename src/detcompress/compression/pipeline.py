@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from detcompress.compression.scopes import match_scopes
+from detcompress.config.presets import Algorithm, NNCFConfig, Quantization
 from detcompress.errors import DetcompressError, PresetError
-from detcompress.presets import Algorithm, NNCFConfig, Quantization
 
 # NNCF 2's defaults, in images.
 DEFAULT_RANGE_INIT_SAMPLES = 256

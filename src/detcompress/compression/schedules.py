@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from detcompress.config.presets import Algorithm
 from detcompress.errors import PresetError
-from detcompress.presets import Algorithm
 
 # NNCF 2's defaults.
 DEFAULT_SPARSITY_TARGET = 0.5

@@ -13,8 +13,8 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from detcompress.errors import CheckpointError, ConfigError, DetcompressError
-from detcompress.io import check_output_dir
-from detcompress.loading import model_kind
+from detcompress.files import check_output_dir
+from detcompress.model.load import model_kind
 
 DEVICES = ("CPU", "GPU", "AUTO")
 PRECISIONS = ("auto", "f32")
@@ -71,7 +71,7 @@ def evaluate(
     trust_checkpoint: bool = False,
 ) -> EvalResult:
     kind = model_kind(target)
-    from detcompress.detector import openvino_device_name
+    from detcompress.model.detector import openvino_device_name
 
     device = openvino_device_name(device)
     if device not in DEVICES:
@@ -83,10 +83,10 @@ def evaluate(
     check_output_dir(show_dir, "--show-dir")
 
     if kind == "pytorch":
-        from detcompress import detector
+        from detcompress.model import detector
 
         detector.select_device({"CPU": "cpu", "GPU": "cuda", "AUTO": "auto"}[device])
-        from detcompress.loading import load_detector
+        from detcompress.model.load import load_detector
 
         # The options reach the model too (e.g. model.test_cfg.score_thr): applied before it is
         # built.
@@ -96,7 +96,7 @@ def evaluate(
         backend = "pytorch"
     else:
         cfg, metadata = _exported_config(target, kind, config, trust_checkpoint)
-        from detcompress.config import apply_cfg_options
+        from detcompress.config.mmdet_config import apply_cfg_options
 
         apply_cfg_options(cfg, cfg_options, target)
         _check_classes(cfg, metadata, target)
@@ -104,7 +104,7 @@ def evaluate(
         # What the model really runs in: an FP32 IR runs in bf16 on CPUs with AMX.
         model_precision = "int8" if metadata["precision"] == "int8" else runs_in
 
-    from detcompress.config import check_data_paths
+    from detcompress.config.mmdet_config import check_data_paths
 
     check_data_paths(cfg, target, ("test",))
     if batch_size is not None:
@@ -137,15 +137,15 @@ def _with_map_keys(metrics: dict[str, float]) -> dict[str, float]:
 def _exported_config(
     target: Path, kind: str, config: Path | None, trust: bool
 ) -> tuple[Any, dict[str, Any]]:
-    from detcompress.config import load_mmdet_config
-    from detcompress.stored_config import read_stored_config
+    from detcompress.config.mmdet_config import load_mmdet_config
+    from detcompress.config.stored import read_stored_config
 
     if kind == "openvino":
-        from detcompress.backends import openvino_backend
+        from detcompress.deploy import openvino_backend
 
         metadata = openvino_backend.read_metadata(target)
     else:
-        from detcompress.backends import onnx_backend
+        from detcompress.deploy import onnx_backend
 
         metadata = onnx_backend.read_metadata(target)
     if metadata is None:
@@ -162,7 +162,7 @@ def _exported_config(
 
 
 def _check_classes(cfg: Any, metadata: dict[str, Any], target: Path) -> None:
-    from detcompress.loading import dataset_classes
+    from detcompress.model.load import dataset_classes
 
     mine, theirs = list(metadata.get("classes") or []), dataset_classes(cfg)
     if mine != theirs:
@@ -179,7 +179,7 @@ def _short(names: list[str]) -> str:
 def _exported_model(
     target: Path, cfg: Any, metadata: dict[str, Any], device: str, precision: str
 ) -> tuple[Any, str, str]:
-    from detcompress.backends.exported_model import ExportedDetector, runtime
+    from detcompress.deploy.exported_model import ExportedDetector, runtime
 
     head = None
     if not metadata["postprocessing"]:

@@ -1,4 +1,4 @@
-"""glibc_malloc.keep_freed_memory_for_reuse: buffers freed and allocated again, as in every
+"""allocator.keep_freed_memory_for_reuse: buffers freed and allocated again, as in every
 training iteration, no longer page-fault back in."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 # allocates and touches four 7 MB buffers, then frees them; page faults per iteration.
 ITERATIONS = """
 import json, resource, sys, threading, torch
-from detcompress import glibc_malloc
-applied = glibc_malloc.keep_freed_memory_for_reuse() if sys.argv[1] == "keep" else None
+from detcompress.train import allocator
+applied = allocator.keep_freed_memory_for_reuse() if sys.argv[1] == "keep" else None
 
 def work():
     buffers = [torch.ones(7 * 2**20 // 4) for _ in range(4)]
@@ -56,7 +56,7 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
 
 
 def test_opting_out_keeps_glibcs_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detcompress import glibc_malloc
+    from detcompress.train import allocator
 
-    monkeypatch.setenv(glibc_malloc.OPT_OUT, "system")
-    assert glibc_malloc.keep_freed_memory_for_reuse() is False
+    monkeypatch.setenv(allocator.OPT_OUT, "system")
+    assert allocator.keep_freed_memory_for_reuse() is False

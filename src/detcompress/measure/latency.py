@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from detcompress.errors import DetcompressError
-from detcompress.loading import model_kind
+from detcompress.model.load import model_kind
 
 BACKENDS = {"openvino": "openvino", "onnx": "onnxruntime", "pytorch": "pytorch"}  # by kind
 DEVICES = ("CPU", "GPU", "AUTO")
@@ -91,7 +91,7 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 def machine_info() -> dict[str, Any]:
     import openvino as ov
 
-    from detcompress.backends import openvino_backend
+    from detcompress.deploy import openvino_backend
 
     flags: set[str] = set()
     cpu_model = platform.processor() or platform.machine()
@@ -123,7 +123,7 @@ def file_size_mb(path: Path) -> float:
     if path.suffix == ".xml":
         files.append(path.with_suffix(".bin"))
     elif path.suffix == ".onnx":
-        from detcompress.backends import onnx_backend
+        from detcompress.deploy import onnx_backend
 
         files += onnx_backend.external_data_files(path)
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
@@ -164,7 +164,7 @@ def check_inputs(
 
 def _check_device_available(path: Path, backend: str, device: str) -> None:
     if backend == "openvino":
-        from detcompress.backends import openvino_backend
+        from detcompress.deploy import openvino_backend
 
         available = list(openvino_backend.core().available_devices)
         if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
@@ -226,7 +226,7 @@ def _input_shape(
 
 def _openvino_model_for(path: Path, batch: int | None) -> tuple[Any, list[int], Any]:
     """(ov.Model with the batch to run, its input shape, detcompress metadata or None)."""
-    from detcompress.backends import openvino_backend
+    from detcompress.deploy import openvino_backend
 
     metadata = openvino_backend.read_metadata(path)
     model = openvino_backend.read_model(path)
@@ -242,7 +242,7 @@ def _openvino_model_for(path: Path, batch: int | None) -> tuple[Any, list[int], 
 
 
 def _onnx_shape_for(path: Path, batch: int | None) -> tuple[list[int], Any]:
-    from detcompress.backends import onnx_backend
+    from detcompress.deploy import onnx_backend
 
     metadata = onnx_backend.read_metadata(path)
     declared = onnx_backend.input_shape(path)
@@ -272,7 +272,7 @@ def _bench_openvino(
     batch: int | None,
     threads: int | None,
 ) -> Measurement:
-    from detcompress.backends import openvino_backend
+    from detcompress.deploy import openvino_backend
 
     model, shape, metadata = _openvino_model_for(path, batch)
     image = _random_image(shape)
@@ -312,7 +312,7 @@ def _bench_onnx(
 ) -> Measurement:
     from concurrent.futures import ThreadPoolExecutor
 
-    from detcompress.backends import onnx_backend
+    from detcompress.deploy import onnx_backend
 
     shape, metadata = _onnx_shape_for(path, batch)
     image = _random_image(shape)
@@ -367,8 +367,8 @@ def _bench_pytorch(
 ) -> Measurement:
     import torch
 
-    from detcompress.deploy_graph import DeployableDetector, preprocessing_of
-    from detcompress.loading import load_detector
+    from detcompress.deploy.graph import DeployableDetector, preprocessing_of
+    from detcompress.model.load import load_detector
 
     if threads:
         torch.set_num_threads(threads)
@@ -450,7 +450,7 @@ def bench(
     trust_checkpoint: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    from detcompress.detector import openvino_device_name
+    from detcompress.model.detector import openvino_device_name
 
     device = openvino_device_name(device)  # `cpu`, `cuda` and `gpu` work too
     check_inputs(models, device, mode, precision, seconds, batch, threads)

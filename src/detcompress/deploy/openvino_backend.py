@@ -15,8 +15,8 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from detcompress.backends import DETECTIONS_OUTPUT, INPUT_NAME
-from detcompress.deploy_graph import NMSParams
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy.graph import NMSParams
 
 RT_INFO_KEY = ["detcompress", "metadata"]
 INT8_PRECISIONS = {"u8", "i8"}

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from detcompress.errors import ConfigError, PresetError, closest
-from detcompress.presets import (
+from detcompress.config.presets import (
     NNCFConfig,
     build_nncf_config,
     merge_nncf_configs,
@@ -23,6 +22,7 @@ from detcompress.presets import (
     resolve_preset,
     validate,
 )
+from detcompress.errors import ConfigError, PresetError, closest
 
 NNCF_KEY = "nncf_config"
 # Config-level keys that detcompress honours even when the config does not define them.

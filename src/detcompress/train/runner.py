@@ -15,15 +15,17 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
-from detcompress import __version__, detector, glibc_malloc
-from detcompress.checkpoint import (
+from detcompress import __version__
+from detcompress.errors import ConfigError
+from detcompress.files import latest_checkpoint
+from detcompress.model import detector
+from detcompress.model.checkpoint import (
     from_safe_message_hub,
     plain,
     to_safe_message_hub,
 )
-from detcompress.errors import ConfigError
-from detcompress.io import latest_checkpoint
 from detcompress.patches import atomic_checkpoint_saves, mmengine_loads_checkpoints_safely
+from detcompress.train import allocator
 
 
 def package_versions(*extra: str) -> dict[str, str]:
@@ -382,7 +384,7 @@ def _run(
     if evaluate_only:
         runner.val()
         return TrainResult(work_dir, None, recorder.metrics, 0, 0.0, runner=runner)
-    glibc_malloc.keep_freed_memory_for_reuse()  # fewer page faults per iteration
+    allocator.keep_freed_memory_for_reuse()  # fewer page faults per iteration
     start = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - start

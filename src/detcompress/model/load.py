@@ -92,7 +92,7 @@ def _check_readable(target: Path, kind: str) -> None:
     """A truncated or corrupt IR / ONNX file is one clear line, before anything else runs."""
     try:
         if kind == "openvino":
-            from detcompress.backends import openvino_backend
+            from detcompress.deploy import openvino_backend
 
             openvino_backend.read_model(target)
         else:
@@ -121,10 +121,11 @@ def load_detector(
     trust_checkpoint: bool = False,
     cfg_options: list[str] | None = None,
 ) -> LoadedDetector:
-    from detcompress import api, detector
-    from detcompress.checkpoint import load_checkpoint
-    from detcompress.config import load_mmdet_config
-    from detcompress.stored_config import read_stored_config
+    from detcompress import api
+    from detcompress.config.mmdet_config import load_mmdet_config
+    from detcompress.config.stored import read_stored_config
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
 
     if not path.exists():  # a folder or a non-checkpoint file: load_checkpoint says what it is
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -145,7 +146,7 @@ def load_detector(
             )
         cfg = read_stored_config(stored, path, trust_checkpoint, "config.py")
     if cfg_options:
-        from detcompress.config import apply_cfg_options
+        from detcompress.config.mmdet_config import apply_cfg_options
 
         apply_cfg_options(cfg, cfg_options, path)
     model = detector.build_detector(cfg)

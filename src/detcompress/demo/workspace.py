@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from detcompress.errors import OutputExistsError
-from detcompress.io import atomic_dir, check_output_dir, staging_dir
-from detcompress.loading import sha256_of
+from detcompress.files import atomic_dir, check_output_dir, staging_dir
+from detcompress.model.load import sha256_of
 
 CLASSES = ("circle", "square", "triangle")
 PALETTE = [(220, 20, 60), (0, 128, 255), (60, 180, 75)]
@@ -366,7 +366,7 @@ def init_demo(
 
 
 def _write_workspace(folder: Path, seed: int, spec: DemoSpec) -> None:
-    from detcompress.presets import bundled_presets
+    from detcompress.config.presets import bundled_presets
 
     write_dataset(folder / "data", seed, spec)
     (folder / "configs").mkdir()

@@ -2,7 +2,7 @@
 types — FP32 baseline, int8 QAT, export of both, eval of all, bench of all — then report.md and
 report.png in the workspace and the summary table on stdout.
 
-    python -m detcompress.demo_pipeline [WORKSPACE] [--qat-iters N] [--bench-seconds S]
+    python -m detcompress.demo.pipeline [WORKSPACE] [--qat-iters N] [--bench-seconds S]
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ HEADER = [
 
 
 def summary_table(demo: DemoRun) -> str:
-    from detcompress.report import markdown_table
+    from detcompress.measure.report import markdown_table
 
     return markdown_table(HEADER, _rows(demo))
 
@@ -274,7 +274,7 @@ def _comparison_sentence(demo: DemoRun, machine: dict[str, Any]) -> str:
 
 
 def write_report(demo: DemoRun, total_seconds: float) -> Path:
-    from detcompress.io import atomic_write_text
+    from detcompress.files import atomic_write_text
 
     bench = demo.json("bench.json")
     machine = bench["machine"]

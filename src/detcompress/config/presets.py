@@ -1,6 +1,6 @@
 """Compression presets: load (bundled name or file), validate, merge into one nncf_config.
 
-A preset is a YAML/JSON document in NNCF's configuration schema (see `schema.py`). Sources are
+A preset is a YAML/JSON document in NNCF's configuration schema (`schema.py`). Sources are
 validated one by one (so an error names the file it came from) and the merged result is
 validated again as a whole, then turned into typed objects (`NNCFConfig`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from detcompress import schema
+from detcompress.config import schema
 from detcompress.errors import PresetError, closest
 
 PRESET_SUFFIXES = (".yaml", ".yml", ".json")

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from detcompress.backends import DETECTION_COLUMNS, DETECTIONS_OUTPUT, INPUT_NAME
-from detcompress.deploy_graph import (
+from detcompress.deploy import DETECTION_COLUMNS, DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy.graph import (
     DeployableDetector,
     NMSParams,
     Preprocessing,
@@ -22,8 +22,8 @@ from detcompress.deploy_graph import (
     preprocessing_of,
 )
 from detcompress.errors import DetcompressError, OutputExistsError
-from detcompress.io import atomic_dir, check_output_dir
-from detcompress.loading import LoadedDetector, load_detector, sha256_of
+from detcompress.files import atomic_dir, check_output_dir
+from detcompress.model.load import LoadedDetector, load_detector, sha256_of
 
 FORMATS = {"openvino": "model.xml", "onnx": "model.onnx"}
 METADATA_FILE = "model.json"
@@ -192,7 +192,7 @@ def _exactly(images: torch.Tensor, count: int) -> torch.Tensor:
 def _verification_batch(loaded: LoadedDetector, prep: Preprocessing, count: int) -> torch.Tensor:
     """Validation images through the config's test pipeline, padded to the export size; random
     images when the dataset is not on this machine (verification is then weaker: said so)."""
-    from detcompress.config import check_data_paths
+    from detcompress.config.mmdet_config import check_data_paths
     from detcompress.errors import ConfigError
 
     try:
@@ -219,7 +219,7 @@ def _metadata(
     dynamic_batch: bool,
     formats: list[str],
 ) -> dict[str, Any]:
-    from detcompress.training import package_versions
+    from detcompress.train.runner import package_versions
 
     if params is not None:
         outputs = [
@@ -279,7 +279,7 @@ def _export_openvino(
     batch: int | None,
     fp16_weights: bool,
 ) -> None:
-    from detcompress.backends import openvino_backend
+    from detcompress.deploy import openvino_backend
 
     model = openvino_backend.convert(graph, example, batch, output_names)
     if params is not None:
@@ -296,7 +296,7 @@ def _export_onnx(
     metadata: dict[str, Any],
     dynamic_batch: bool,
 ) -> None:
-    from detcompress.backends import onnx_backend
+    from detcompress.deploy import onnx_backend
 
     onnx_backend.export(graph, example, path, output_names, dynamic_batch)
     if params is not None:
@@ -401,7 +401,7 @@ def _run(
 
 def _runtime(fmt: str, path: Path) -> tuple[Any, dict[str, Any]]:
     if fmt == "openvino":
-        from detcompress.backends import openvino_backend
+        from detcompress.deploy import openvino_backend
 
         # True f32 for the comparison (bf16 on AMX would blur it); int8 layers stay int8.
         compiled = openvino_backend.compile_model(path, f32=True)
@@ -412,7 +412,7 @@ def _runtime(fmt: str, path: Path) -> tuple[Any, dict[str, Any]]:
             "fake_quantize_ops": openvino_backend.fake_quantize_count(path),
         }
         return lambda x: openvino_backend.infer(compiled, x), info
-    from detcompress.backends import onnx_backend
+    from detcompress.deploy import onnx_backend
 
     counts = onnx_backend.operation_counts(path)
     info = {

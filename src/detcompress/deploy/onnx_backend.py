@@ -14,8 +14,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from detcompress.backends import DETECTIONS_OUTPUT, INPUT_NAME
-from detcompress.deploy_graph import NMSParams
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy.graph import NMSParams
 
 METADATA_KEY = "detcompress"
 OPSET = 17

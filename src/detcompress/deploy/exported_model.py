@@ -13,7 +13,7 @@ import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import InstanceData
 
-from detcompress.deploy_graph import Preprocessing, pad_batch
+from detcompress.deploy.graph import Preprocessing, pad_batch
 from detcompress.errors import DetcompressError
 
 
@@ -22,12 +22,12 @@ def runtime(
 ) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str, str]:
     """(inference function, backend name, the floating-point precision it runs in)."""
     if path.suffix == ".xml":
-        from detcompress.backends import openvino_backend
+        from detcompress.deploy import openvino_backend
 
         compiled = openvino_backend.compile_model(path, device, f32=f32)
         precision = openvino_backend.inference_precision(compiled)
         return lambda x: openvino_backend.infer(compiled, x), "openvino", precision
-    from detcompress.backends import onnx_backend
+    from detcompress.deploy import onnx_backend
 
     session = onnx_backend.session(path)
     return lambda x: onnx_backend.infer(session, x), "onnxruntime", "f32"

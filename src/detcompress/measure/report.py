@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from detcompress.benchmarking import BenchReport, Measurement
 from detcompress.errors import DetcompressError
+from detcompress.measure.latency import BenchReport, Measurement
 
 
 def _ms(result: Measurement, key: str) -> str:
@@ -92,7 +92,7 @@ def check_plot_path(path: Path) -> None:
         raise DetcompressError(f"--plot {path}: must be a .png file")
     if not path.parent.is_dir():
         raise DetcompressError(f"--plot {path}: folder {path.parent} does not exist")
-    from detcompress.io import check_output_file
+    from detcompress.files import check_output_file
 
     check_output_file(path, "--plot")
 

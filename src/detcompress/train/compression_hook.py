@@ -15,8 +15,8 @@ from mmengine.hooks import Hook
 
 from detcompress.compression import pipeline
 from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
-from detcompress.detector import unwrapped
-from detcompress.presets import NNCFConfig
+from detcompress.config.presets import NNCFConfig
+from detcompress.model.detector import unwrapped
 
 
 class CompressionScheduleHook(Hook):

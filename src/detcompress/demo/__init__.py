@@ -1,0 +1,1 @@
+"""The built-in demo: a synthetic dataset and config to try every command on, and `make demo`."""

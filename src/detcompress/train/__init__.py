@@ -1,0 +1,2 @@
+"""Fine-tuning through mmengine's Runner: schedule, hooks (checkpoints, metrics, compression
+schedules), distributed launch and the CPU allocator setting training runs with."""
