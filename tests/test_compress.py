@@ -60,6 +60,18 @@ def test_qat_reports_quantizers_and_writes_compressed_checkpoint(qat_run: dict) 
     assert {"optimizer", "param_schedulers", "message_hub"} <= set(ckpt)
 
 
+def test_terminal_gets_a_short_report_and_the_log_file_everything(qat_run: dict) -> None:
+    lines = qat_run["output"].splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    assert any("Iter(train) [4/4]" in line for line in lines)  # progress
+    assert any("Iter(val)" in line and "bbox_mAP" in line for line in lines)  # validation
+    assert lines[-1].startswith("bbox mAP")  # the summary
+    assert not any(line.startswith(("Config:", "System environment")) for line in lines)
+    (log,) = (qat_run["base"] / "qat").glob("*/*.log")
+    text = log.read_text()
+    assert "Config:" in text and "System environment" in text and "Iter(train) [4/4]" in text
+
+
 def test_evaluating_compressed_checkpoint_reproduces_last_validation(qat_run: dict) -> None:
     result, again = _compress(
         qat_run["config"], qat_run["base"] / "eval", "--max-iters", "0", "--load-from",

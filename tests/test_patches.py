@@ -9,9 +9,13 @@ import torch
 
 
 def test_context_patches_restore_what_they_replaced() -> None:
+    import logging
+
+    from mmengine.logging import MMLogger
     from mmengine.registry import registry
     from mmengine.runner import runner as runner_module
     from mmengine.runner.checkpoint import CheckpointLoader
+    from pycocotools import coco
 
     from detcompress import patches
 
@@ -20,6 +24,8 @@ def test_context_patches_restore_what_they_replaced() -> None:
         (patches.registry_imports_disabled(), lambda: registry.get_object_from_string),
         (patches.mmengine_loads_checkpoints_safely(False), lambda: CheckpointLoader._schemes),
         (patches.cuda_set_device_without_cuda(), lambda: torch.cuda.set_device),
+        (patches.mmengine_terminal_filtered(logging.Filter()), lambda: MMLogger.__init__),
+        (patches.coco_prints_to_log(), lambda: vars(coco).get("print")),
     ]
     for manager, current in cases:
         before = current()

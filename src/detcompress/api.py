@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from detcompress import patches
+from detcompress import console, patches
 from detcompress.config.mmdet_config import LoadedConfig, check_data_paths, load_config
 from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
 from detcompress.files import (
@@ -207,6 +207,7 @@ def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
     return {k.split("/", 1)[-1]: v for k, v in metrics.items()}
 
 
+@console.mmengine_output()
 def compress(
     plan: CompressPlan,
     trust_checkpoint: bool = False,
@@ -219,11 +220,10 @@ def compress(
     compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner;
     with a launcher other than 'none', as one of the processes of a distributed run."""
     from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
     from detcompress.train import distributed
 
-    distributed.check_launcher(launcher, "compress")
-    target_device = detector.select_device(device)
-    from detcompress.model.checkpoint import load_checkpoint
+    target_device = _checked_device(launcher, device, "compress")
 
     loaded = plan.config
     nncf_config = loaded.nncf
@@ -235,19 +235,14 @@ def compress(
     splits = ("val",) if plan.max_iters == 0 else ("train", "val")
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
-    dist = distributed.init(launcher, target_device, loaded.cfg)
-    if not nncf_config.is_empty:
-        from detcompress.compression.pipeline import check_distributed
-
-        check_distributed(nncf_config, dist.world_size)
+    dist = _join_run(launcher, target_device, loaded.cfg, nncf_config)
     distributed.run_on_main(dist, lambda: _claim_work_dir(plan.work_dir, force))
 
     from detcompress.train import runner
 
     cfg = loaded.cfg
     runner.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
-    model = detector.build_detector(cfg)
-    model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
+    model = _build_model(cfg, dist, target_device)
     source_meta = detector.detcompress_meta(source)
     report_lines: list[str] = list(plan.schedule_notes)
     report: dict[str, Any] = {}
@@ -265,13 +260,9 @@ def compress(
             report = init_report.data
     # Every rank starts from rank 0's weights and compression (see train/distributed.py).
     distributed.broadcast_state(model, dist)
-    if dist.distributed:
-        batch_size = cfg.train_dataloader.get("batch_size", 1)
-        report_lines.insert(0, dist.describe(batch_size, cfg.get("auto_scale_lr")))
     if dist.is_main:
-        for line in report_lines:
-            print(f"[detcompress] {line}", flush=True)
-    patches.mark_initialized(model)
+        for line in _distributed_lines(dist, cfg) + report_lines:
+            console.log.info(line)
     if not nncf_config.is_empty:
         from detcompress.compression.pipeline import compression_lr_multiplier
 
@@ -284,22 +275,83 @@ def compress(
         "nncf_compress_postprocessing": loaded.compress_postprocessing,
         "compression_summary": report,
     }
-    distributed.configure_runner(cfg, dist, target_device)  # after config_text: not stored
     post_training_only = plan.max_iters == 0
-    result = runner.run(
-        cfg,
-        model,
-        meta,
-        _structure_fn(nncf_config),
-        trust_checkpoint=trust_checkpoint,
-        evaluate_only=post_training_only,
-        hooks=_compression_hooks(nncf_config),
+    result = _fine_tune(
+        cfg, model, meta, nncf_config, dist, target_device, trust_checkpoint, post_training_only
     )
     checkpoint = result.checkpoint
     if post_training_only and report:
         # Compression was initialized but nothing trained (post-training quantization): the
         # Runner saved nothing, so save the calibrated model here.
         checkpoint = runner.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
+    return _compress_result(result, checkpoint, nncf_config, report, dist)
+
+
+def _checked_device(launcher: str, device: str, command: str) -> Any:
+    """The torch device to run on, once the launcher and device are known to be valid."""
+    from detcompress.model import detector
+    from detcompress.train import distributed
+
+    distributed.check_launcher(launcher, command)
+    return detector.select_device(device)
+
+
+def _join_run(launcher: str, device: Any, cfg: Any, nncf_config: Any) -> Any:
+    """This process's place in the run (distributed or not), checked against the compression."""
+    from detcompress.train import distributed
+
+    dist = distributed.init(launcher, device, cfg)
+    if not nncf_config.is_empty:
+        from detcompress.compression.pipeline import check_distributed
+
+        check_distributed(nncf_config, dist.world_size)
+    return dist
+
+
+def _build_model(cfg: Any, dist: Any, device: Any) -> Any:
+    from detcompress.model import detector
+    from detcompress.train import distributed
+
+    model = detector.build_detector(cfg)
+    return distributed.revert_sync_batchnorm_on_cpu(model, dist, device)
+
+
+def _distributed_lines(dist: Any, cfg: Any) -> list[str]:
+    if not dist.distributed:
+        return []
+    batch_size = cfg.train_dataloader.get("batch_size", 1)
+    return [dist.describe(batch_size, cfg.get("auto_scale_lr"))]
+
+
+def _fine_tune(
+    cfg: Any,
+    model: Any,
+    meta: dict[str, Any],
+    nncf_config: Any,
+    dist: Any,
+    device: Any,
+    trust_checkpoint: bool,
+    evaluate_only: bool = False,
+) -> Any:
+    """The Runner's part, the same for compress and resume: train (or only validate)."""
+    from detcompress.train import distributed, runner
+
+    patches.mark_initialized(model)
+    distributed.configure_runner(cfg, dist, device)  # after meta's config_text: not stored
+    return runner.run(
+        cfg,
+        model,
+        meta,
+        _structure_fn(nncf_config),
+        trust_checkpoint=trust_checkpoint,
+        evaluate_only=evaluate_only,
+        hooks=_compression_hooks(nncf_config),
+    )
+
+
+def _compress_result(
+    result: Any, checkpoint: Path | None, nncf_config: Any, compression: dict, dist: Any
+) -> CompressResult:
     return CompressResult(
         result.work_dir,
         checkpoint,
@@ -307,7 +359,7 @@ def compress(
         result.iterations,
         result.train_seconds,
         compressed=not nncf_config.is_empty,
-        compression=report,
+        compression=compression,
         statistics=_final_statistics(result.runner.model, nncf_config),
         rank=dist.rank,
         world_size=dist.world_size,
@@ -489,6 +541,7 @@ def _check_something_left_to_train(
         )
 
 
+@console.mmengine_output()
 def resume(
     target: Path,
     max_iters: int | None = None,
@@ -504,14 +557,13 @@ def resume(
     """Continue a detcompress run from its checkpoint alone: config, data, model and
     compression come from the checkpoint; iteration, optimizer and LR state too. Any number of
     processes can resume a run of any number of processes."""
+    from detcompress.config.presets import build_nncf_config, read_preset_file, resolve_preset
     from detcompress.config.stored import read_stored_config
     from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
     from detcompress.train import distributed, runner
 
-    distributed.check_launcher(launcher, "resume")
-    target_device = detector.select_device(device)
-    from detcompress.config.presets import build_nncf_config, read_preset_file, resolve_preset
-    from detcompress.model.checkpoint import load_checkpoint
+    target_device = _checked_device(launcher, device, "resume")
 
     check_output_dir(work_dir, "--work-dir")
     path = find_checkpoint(target)
@@ -542,46 +594,21 @@ def resume(
     cfg.work_dir = str(work_dir or path.parent)
     done = int(checkpoint.get("meta", {}).get("iter", 0))
     _check_something_left_to_train(path, cfg, checkpoint, max_iters)
-    dist = distributed.init(launcher, target_device, cfg)
-    if not stored.is_empty:
-        from detcompress.compression.pipeline import check_distributed
-
-        check_distributed(stored, dist.world_size)
+    dist = _join_run(launcher, target_device, cfg, stored)
     distributed.run_on_main(
         dist, lambda: _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
     )
     cfg.resume = True
     cfg.load_from = str(path)
 
-    model = detector.build_detector(cfg)
-    model = distributed.revert_sync_batchnorm_on_cpu(model, dist, target_device)
-    if dist.distributed and dist.is_main:
-        batch_size = cfg.train_dataloader.get("batch_size", 1)
-        print(f"[detcompress] {dist.describe(batch_size, cfg.get('auto_scale_lr'))}", flush=True)
+    model = _build_model(cfg, dist, target_device)
+    if dist.is_main:
+        for line in _distributed_lines(dist, cfg):
+            console.log.info(line)
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
         model = _rebuild_structure(model, meta, path)
-    patches.mark_initialized(model)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
-    distributed.configure_runner(cfg, dist, target_device)
-    result = runner.run(
-        cfg,
-        model,
-        run_meta,
-        _structure_fn(stored),
-        trust_checkpoint=trust_checkpoint,
-        hooks=_compression_hooks(stored),
-    )
-    return CompressResult(
-        result.work_dir,
-        result.checkpoint,
-        _strip_prefix(result.metrics),
-        result.iterations,
-        result.train_seconds,
-        compressed=not stored.is_empty,
-        compression=meta.get("compression_summary") or {},
-        statistics=_final_statistics(result.runner.model, stored),
-        rank=dist.rank,
-        world_size=dist.world_size,
-        model=unwrapped(result.runner.model),
-    )
+    result = _fine_tune(cfg, model, run_meta, stored, dist, target_device, trust_checkpoint)
+    compression = meta.get("compression_summary") or {}
+    return _compress_result(result, result.checkpoint, stored, compression, dist)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress import __version__
+from detcompress import __version__, console
 from detcompress.commands import bench, compress, eval, export, init, resume
 from detcompress.commands._common import CFG_OPTIONS_CONTEXT
 
@@ -39,8 +39,15 @@ def _root(
             "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
         ),
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show mmengine's and NNCF's full output.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show warnings and results only.")
+    ] = False,
 ) -> None:
     """detcompress: one command per step, from an mmdet config to a shippable int8 IR."""
+    console.configure(console.VERBOSE if verbose else console.QUIET if quiet else console.DEFAULT)
 
 
 app.add_typer(init.app, name="init")

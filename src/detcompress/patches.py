@@ -16,6 +16,13 @@ Each is applied as a context manager or returns its undo, and says why. The inve
   temporary file and a rename; mmengine writes to the final name. Context manager.
 - `registry_imports_disabled`: mmengine's `Registry.get` stops importing unknown names by
   their dotted path (`get_object_from_string`). Context manager.
+- `mmengine_terminal_filtered`: the terminal handler of every mmengine logger made while
+  active gets detcompress's filter (`console.MMEngineTerminalFilter`): mmengine prints its
+  environment, the whole config, the hook order and one line per parameter group to the
+  terminal (~800 lines a run); the log file keeps them. Context manager.
+- `coco_prints_to_log`: pycocotools prints its progress ("creating index...", ~20 lines a
+  validation) with `print`; while active, those lines go to mmengine's log instead (the
+  module's global `print`, removed after). Context manager.
 - `nncf_extension_build_time`: `NNCF_EXTENSION_LOAD_TIMEOUT` defaults to 600 s; NNCF's C++
   build (~45 s on 2 cores) is near its 60 s limit. A default only (the user's value wins).
 
@@ -124,7 +131,7 @@ def atomic_checkpoint_saves() -> Iterator[None]:
     opens it with 'wb'), so a SIGKILL or a full disk during the save leaves a truncated
     `iter_N.pth` that `resume` would pick. Here the bytes go to a temporary file beside it,
     are flushed to disk, and only then renamed to the final name; a temporary file a killed
-    process left behind is removed by the next run (`io.remove_stale_temporaries`)."""
+    process left behind is removed by the next run (`files.remove_stale_temporaries`)."""
     from mmengine.runner import runner as runner_module
 
     original = runner_module.save_checkpoint
@@ -174,6 +181,67 @@ def mmengine_loads_checkpoints_safely(trust: bool) -> Iterator[None]:
         yield
     finally:
         CheckpointLoader._schemes = original
+
+
+@contextlib.contextmanager
+def mmengine_terminal_filtered(terminal_filter: Any) -> Iterator[None]:
+    """While active, `terminal_filter` (a `logging.Filter`, or None for no change) sits on the
+    terminal handler of every MMLogger, existing or made meanwhile; removed after."""
+    if terminal_filter is None:
+        yield
+        return
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    def terminal_handlers(logger: Any) -> list[Any]:
+        return [h for h in logger.handlers if type(h) is logging.StreamHandler]
+
+    original_init = MMLogger.__init__
+    filtered: list[Any] = []
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        for handler in terminal_handlers(self):
+            handler.addFilter(terminal_filter)
+            filtered.append(handler)
+
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in terminal_handlers(logger):
+            handler.addFilter(terminal_filter)
+            filtered.append(handler)
+    MMLogger.__init__ = init
+    try:
+        yield
+    finally:
+        MMLogger.__init__ = original_init
+        for handler in filtered:
+            handler.removeFilter(terminal_filter)
+
+
+@contextlib.contextmanager
+def coco_prints_to_log() -> Iterator[None]:
+    """While active, pycocotools' `print` calls become INFO lines of mmengine's current logger
+    (the terminal filter keeps them out of the terminal; the log file has them)."""
+    try:
+        from pycocotools import coco, cocoeval
+    except ImportError:  # no COCO metric in this install: nothing prints
+        yield
+        return
+    from mmengine.logging import MMLogger
+
+    def print_to_log(*values: Any, **kwargs: Any) -> None:
+        text = kwargs.get("sep", " ").join(str(value) for value in values)
+        MMLogger.get_current_instance().info(text)
+
+    modules = (coco, cocoeval)
+    for module in modules:
+        module.print = print_to_log
+    try:
+        yield
+    finally:
+        for module in modules:
+            vars(module).pop("print", None)
 
 
 def nncf_extension_build_time() -> None:

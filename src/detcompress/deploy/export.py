@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detcompress import console
 from detcompress.deploy import DETECTION_COLUMNS, DETECTIONS_OUTPUT, INPUT_NAME
 from detcompress.deploy.graph import (
     DeployableDetector,
@@ -155,7 +156,7 @@ def export(
     with atomic_dir(out_dir, replace=force) as tmp:
         for fmt in formats:
             path = tmp / FORMATS[fmt]
-            print(f"[detcompress] exporting {fmt}: {out_dir / path.name}", flush=True)
+            console.log.info(f"exporting {fmt}: {out_dir / path.name}")
             with torch.no_grad():
                 if fmt == "openvino":
                     _export_openvino(
@@ -175,7 +176,7 @@ def export(
             verification[fmt] = _verify(
                 fmt, path, images, chunk, reference, precision, params, min_score
             )
-            print(f"[detcompress] verified {fmt}: {verification[fmt]['summary']}", flush=True)
+            console.log.info(f"verified {fmt}: {verification[fmt]['summary']}")
             files[fmt] = out_dir / path.name
         metadata["verification"] = {
             k: {m: n for m, n in v.items() if m != "summary"} for k, v in verification.items()
@@ -204,7 +205,7 @@ def _verification_batch(loaded: LoadedDetector, prep: Preprocessing, count: int)
         if picked:
             return pad_batch(picked, prep)
     except ConfigError as exc:
-        print(f"[detcompress] warning: verifying on random images ({exc})", flush=True)
+        console.log.warning(f"verifying on random images ({exc})")
     generator = torch.Generator().manual_seed(0)
     return torch.rand(count, 3, prep.height, prep.width, generator=generator) * 255
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
+from detcompress import console
 from detcompress.errors import CheckpointError, ConfigError, DetcompressError
 from detcompress.files import check_output_dir
 from detcompress.model.load import model_kind
@@ -224,7 +225,8 @@ def _run_test_loop(cfg: Any, model: Any, show_dir: Path | None) -> tuple[dict, f
             default_scope=cfg.get("default_scope", "mmdet"),
             cfg=cfg,
         )
-        metrics = runner.test()
+        with console.mmengine_output():
+            metrics = runner.test()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return dict(metrics or {}), timer.seconds, timer.images

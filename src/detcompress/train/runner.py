@@ -15,7 +15,7 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
-from detcompress import __version__
+from detcompress import __version__, console
 from detcompress.errors import ConfigError
 from detcompress.files import latest_checkpoint
 from detcompress.model import detector
@@ -349,7 +349,11 @@ def run(
 ) -> TrainResult:
     """Train (or only validate) `model` through mmengine's Runner; with `cfg.resume` and
     `cfg.load_from` set, continue from that checkpoint. Checkpoints are written atomically."""
-    with atomic_checkpoint_saves(), mmengine_loads_checkpoints_safely(trust_checkpoint):
+    with (
+        atomic_checkpoint_saves(),
+        mmengine_loads_checkpoints_safely(trust_checkpoint),
+        console.mmengine_output(),
+    ):
         return _run(cfg, model, meta, structure, evaluate_only, hooks)
 
 
