@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands.options import Device, JsonOutput, Precision, TrustCheckpoint
 
 
 @user_errors
@@ -15,14 +16,14 @@ def bench(
     models: Annotated[
         list[Path], typer.Argument(help=".xml, .onnx or .pth models; speed-ups are vs the first.")
     ],
-    device: Annotated[str, typer.Option(help="CPU, GPU or AUTO.")] = "CPU",
+    device: Device = "cpu",
     batch: Annotated[
         int | None, typer.Option(help="Images per call (default: the model's own batch, or 1).")
     ] = None,
-    mode: Annotated[str, typer.Option(help="latency, throughput or both.")] = "both",
-    precision: Annotated[
-        str, typer.Option(help="auto (the runtime's default, bf16 on AMX CPUs) or f32.")
-    ] = "auto",
+    mode: Annotated[
+        str, typer.Option(metavar="latency|throughput|both", help="What to measure.")
+    ] = "both",
+    precision: Precision = "auto",
     seconds: Annotated[float, typer.Option(help="Measuring time per model and mode.")] = 10.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     eval_json: Annotated[
@@ -33,12 +34,8 @@ def bench(
         Path | None,
         typer.Option(help="Write a PNG: latency vs mAP with --eval-json, else latency bars."),
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
-    ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write every number as JSON.")
-    ] = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    json_path: JsonOutput = None,
 ) -> None:
     """Latency (median, p90, p99 of synchronous calls) and throughput (concurrent requests) of
     each model, side by side, with the precision each one really runs in."""

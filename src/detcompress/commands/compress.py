@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
+from detcompress.commands.options import CfgOptions, Device, JsonOutput, Launcher, TrustCheckpoint
 from detcompress.errors import DetcompressError
 
 
@@ -17,7 +18,7 @@ def compress(
     config: Annotated[Path, typer.Argument(help="mmdet config file (.py).")],
     preset: Annotated[
         str | None,
-        typer.Option(help="Bundled preset name (int8, int8_mixed, ...) or a .yaml/.json file."),
+        typer.Option(metavar="NAME|FILE", help="Bundled preset (int8, ...) or a .yaml/.json file."),
     ] = None,
     load_from: Annotated[
         Path | None,
@@ -30,31 +31,21 @@ def compress(
         int | None, typer.Option(min=0, help="Train for N iterations (0: evaluate only).")
     ] = None,
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Train for N epochs.")] = None,
-    cfg_options: Annotated[
-        list[str] | None,
-        typer.Option(help="Overrides key=value (YAML values); keys under nncf_config. reach NNCF."),
-    ] = None,
+    cfg_options: CfgOptions = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Print the merged nncf_config and the plan, then exit.")
+        bool, typer.Option("--dry-run", help="Print the merged nncf_config and plan; exit.")
     ] = False,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
-    ] = False,
+    trust_checkpoint: TrustCheckpoint = False,
     force: Annotated[
-        bool, typer.Option(help="Write into a work dir that already holds checkpoints.")
+        bool, typer.Option("--force", help="Use a work dir that holds checkpoints (kept aside).")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
-    launcher: Annotated[
-        str,
-        typer.Option(help="none, pytorch (under torchrun) or slurm (under srun): data-parallel."),
-    ] = "none",
+    device: Device = "auto",
+    launcher: Launcher = "none",
     allow_partial_load: Annotated[
         bool,
-        typer.Option(help="Start from --load-from even if it fills under half of the model."),
+        typer.Option("--allow-partial-load", help="Accept a --load-from filling under half."),
     ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
-    ] = None,
+    json_path: JsonOutput = None,
 ) -> None:
     """Fine-tune CONFIG's detector; with a preset or nncf_config, compress it while doing so."""
     from detcompress import api

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
+from detcompress.commands.options import CfgOptions, Device, JsonOutput, Precision, TrustCheckpoint
 
 
 @user_errors
@@ -20,23 +21,15 @@ def evaluate(
         Path | None,
         typer.Option(help="mmdet config (default: the one stored in the checkpoint or model)."),
     ] = None,
-    cfg_options: Annotated[
-        list[str] | None, typer.Option(help="Overrides key=value, e.g. the dataset paths.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="CPU, GPU or AUTO.")] = "CPU",
-    precision: Annotated[
-        str, typer.Option(help="auto (the runtime's default) or f32 (true fp32 for an FP32 IR).")
-    ] = "auto",
+    cfg_options: CfgOptions = None,
+    device: Device = "cpu",
+    precision: Precision = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Test dataloader batch size.")] = None,
     show_dir: Annotated[
         Path | None, typer.Option(help="Write images with drawn detections here.")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
-    ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the metrics as a flat JSON object.")
-    ] = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    json_path: JsonOutput = None,
 ) -> None:
     """Evaluate with the config's test dataloader and metric through mmengine's test loop; the
     same preprocessing and metric code for PyTorch, OpenVINO and ONNX Runtime."""

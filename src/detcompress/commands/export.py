@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands.options import JsonOutput, TrustCheckpoint
 
 
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pth), FP32 or compressed.")],
-    to: Annotated[str, typer.Option(help="openvino, onnx or all.")] = "openvino",
+    to: Annotated[
+        str, typer.Option(metavar="openvino|onnx|all", help="Format(s) to write.")
+    ] = "openvino",
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: <checkpoint>_export beside it).")
     ] = None,
@@ -22,31 +25,31 @@ def export(
         typer.Option(help="Input height and width (default: the test pipeline's size)."),
     ] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option(help="Leave the batch dimension dynamic.")] = False,
+    dynamic_batch: Annotated[
+        bool, typer.Option("--dynamic-batch", help="Leave the batch dimension dynamic.")
+    ] = False,
     postprocessing: Annotated[
         bool | None,
         typer.Option(
             "--postprocessing/--no-postprocessing",
-            help="Box decoding and NMS inside the graph (default: as the checkpoint's "
-            "nncf_compress_postprocessing, true for FP32).",
+            help="Box decoding and NMS inside the graph (default: the checkpoint's "
+            "nncf_compress_postprocessing).",
         ),
     ] = None,
     fp16_weights: Annotated[
-        bool, typer.Option(help="Store the IR's floating-point weights as FP16.")
+        bool, typer.Option("--fp16-weights", help="Store the IR's float weights as FP16.")
     ] = False,
     config: Annotated[
         Path | None, typer.Option(help="mmdet config (needed for a plain mmdet checkpoint).")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
-    ] = False,
+    trust_checkpoint: TrustCheckpoint = False,
     verify_images: Annotated[
         int, typer.Option(min=1, help="Validation images to verify the exported model on.")
     ] = 4,
-    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write files and verification numbers as JSON.")
-    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder.")
+    ] = False,
+    json_path: JsonOutput = None,
 ) -> None:
     """Export to OpenVINO IR and/or ONNX (compression stripped, int8 kept), write the model's
     description beside it, and verify the exported model against PyTorch."""

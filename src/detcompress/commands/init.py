@@ -18,8 +18,7 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Workspace folder to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
     force: Annotated[
-        bool,
-        typer.Option(help="Refresh the workspace's own files in an existing folder (keeps yours)."),
+        bool, typer.Option("--force", help="Refresh its own files in an existing folder.")
     ] = False,
 ) -> None:
     """Write a demo workspace: synthetic COCO dataset, mmdet config, presets, README."""
@@ -37,7 +36,7 @@ def preset(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File to write (default NAME.yaml).")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a bundled preset to a file you can edit."""
     from detcompress import api

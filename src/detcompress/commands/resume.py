@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands.options import Device, JsonOutput, Launcher, TrustCheckpoint
 
 
 @user_errors
@@ -27,21 +28,14 @@ def resume(
     preset: Annotated[
         str | None, typer.Option(help="Check this preset against the checkpoint's nncf_config.")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of a checkpoint you trust.")
-    ] = False,
+    trust_checkpoint: TrustCheckpoint = False,
     force: Annotated[
         bool,
-        typer.Option(help="Resume despite a differing nncf_config or later checkpoints."),
+        typer.Option("--force", help="Resume despite a differing nncf_config or later ones."),
     ] = False,
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
-    launcher: Annotated[
-        str,
-        typer.Option(help="none, pytorch (under torchrun) or slurm (under srun): data-parallel."),
-    ] = "none",
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the final metrics as JSON.")
-    ] = None,
+    device: Device = "auto",
+    launcher: Launcher = "none",
+    json_path: JsonOutput = None,
 ) -> None:
     """Resume compression or fine-tuning where the checkpoint left off: same iteration,
     optimizer state and learning rate; config, data and compression come from the checkpoint."""
