@@ -38,6 +38,12 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def print_result(text: str, json_path: Path | None, data: dict[str, Any]) -> None:
+    """A command's result: its table or summary on stdout, its numbers as JSON if asked."""
+    typer.echo(text)
+    write_json(json_path, data)
+
+
 def write_json(path: Path | None, data: dict[str, Any]) -> None:
     """Write `data` as JSON to `path` (atomically), or do nothing without a path."""
     if path is None:

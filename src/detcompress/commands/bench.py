@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands._common import check_output_file, print_result, user_errors
 from detcompress.commands.options import Device, JsonOutput, Precision, TrustCheckpoint
 
 
@@ -57,7 +57,6 @@ def bench(
         trust_checkpoint=trust_checkpoint,
         progress=lambda line: typer.echo(line, err=True),
     )
-    typer.echo(bench_table(report))
-    write_json(json_path, report.to_json())
+    print_result(bench_table(report), json_path, report.to_json())
     if plot is not None:
         write_plot(report, plot)

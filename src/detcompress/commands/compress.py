@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
+from detcompress.commands._common import (
+    all_cfg_options,
+    check_output_file,
+    print_result,
+    user_errors,
+)
 from detcompress.commands.options import CfgOptions, Device, JsonOutput, Launcher, TrustCheckpoint
 from detcompress.errors import DetcompressError
 
@@ -77,5 +82,4 @@ def compress(
         allow_partial_load=allow_partial_load,
     )
     if result.is_main:  # one report per run, not one per process
-        typer.echo(result.summary())
-        write_json(json_path, result.to_json())
+        print_result(result.summary(), json_path, result.to_json())

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import all_cfg_options, check_output_file, user_errors, write_json
+from detcompress.commands._common import (
+    all_cfg_options,
+    check_output_file,
+    print_result,
+    user_errors,
+)
 from detcompress.commands.options import CfgOptions, Device, JsonOutput, Precision, TrustCheckpoint
 
 
@@ -46,5 +51,4 @@ def evaluate(
         show_dir=show_dir,
         trust_checkpoint=trust_checkpoint,
     )
-    typer.echo(result.table())
-    write_json(json_path, result.to_json())
+    print_result(result.table(), json_path, result.to_json())

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands._common import check_output_file, print_result, user_errors
 from detcompress.commands.options import JsonOutput, TrustCheckpoint
 
 
@@ -70,5 +70,4 @@ def export(
         trust_checkpoint=trust_checkpoint,
         verify_images=verify_images,
     )
-    typer.echo(result.summary())
-    write_json(json_path, result.to_json())
+    print_result(result.summary(), json_path, result.to_json())

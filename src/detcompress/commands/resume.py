@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detcompress.commands._common import check_output_file, user_errors, write_json
+from detcompress.commands._common import check_output_file, print_result, user_errors
 from detcompress.commands.options import Device, JsonOutput, Launcher, TrustCheckpoint
 
 
@@ -54,5 +54,4 @@ def resume(
         launcher=launcher,
     )
     if result.is_main:  # one report per run, not one per process
-        typer.echo(result.summary())
-        write_json(json_path, result.to_json())
+        print_result(result.summary(), json_path, result.to_json())

@@ -1,5 +1,5 @@
-"""Every ONNX / ONNX Runtime call of detcompress: export from torch, NMS appended to the graph
-with ONNX's own operations, metadata in metadata_props, and inference."""
+"""Every ONNX / ONNX Runtime call of detcompress: export from torch, the NMS subgraph
+(`deploy/nms.py`) in ONNX's own operations, metadata in metadata_props, and inference."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, nms
 from detcompress.deploy.graph import NMSParams
 
 METADATA_KEY = "detcompress"
 OPSET = 17
-NO_LIMIT = 1 << 30
 
 
 def export(
@@ -46,90 +45,105 @@ def export(
         )
 
 
-def _const(name: str, value: Any, dtype: Any) -> onnx.NodeProto:
-    array = np.asarray(value, dtype=dtype)
-    return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(array, name))
+class _OnnxGraph:
+    """`nms.GraphOps` as ONNX nodes: each operation appends a node and returns its output's
+    name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+
+    def _node(self, op: str, inputs: list[str], **attributes: Any) -> str:
+        name = f"nms_{len(self.nodes)}_{op.lower()}"
+        self.nodes.append(helper.make_node(op, inputs, [name], **attributes))
+        return name
+
+    def _const(self, value: Any, dtype: Any) -> str:
+        array = np.asarray(value, dtype=dtype)
+        return self._node("Constant", [], value=onnx.numpy_helper.from_array(array))
+
+    def i64(self, value: int) -> str:
+        return self._const(value, np.int64)
+
+    def f32(self, value: float) -> str:
+        return self._const(value, np.float32)
+
+    def non_max_suppression(
+        self, boxes: str, scores: str, per_class: int, iou: float, score_thr: float
+    ) -> str:
+        limits = [
+            self._const([per_class], np.int64),
+            self._const([iou], np.float32),
+            self._const([score_thr], np.float32),
+        ]
+        return self._node("NonMaxSuppression", [boxes, scores, *limits])
+
+    def gather(self, data: str, indices: str, axis: int) -> str:
+        return self._node("Gather", [data, indices], axis=axis)
+
+    def gather_nd(self, data: str, indices: str) -> str:
+        return self._node("GatherND", [data, indices])
+
+    def unsqueeze(self, data: str, axis: int) -> str:
+        return self._node("Unsqueeze", [data, self._const([axis], np.int64)])
+
+    def concat(self, parts: list[str], axis: int) -> str:
+        return self._node("Concat", parts, axis=axis)
+
+    def to_float(self, data: str) -> str:
+        return self._node("Cast", [data], to=TensorProto.FLOAT)
+
+    def to_int(self, data: str) -> str:
+        return self._node("Cast", [data], to=TensorProto.INT64)
+
+    def sub(self, a: str, b: str) -> str:
+        return self._node("Sub", [a, b])
+
+    def mul(self, a: str, b: str) -> str:
+        return self._node("Mul", [a, b])
+
+    def equal(self, a: str, b: str) -> str:
+        return self._node("Equal", [a, b])
+
+    def less(self, a: str, b: str) -> str:
+        return self._node("Less", [a, b])
+
+    def dim(self, data: str, axis: int) -> str:
+        return self.gather(self._node("Shape", [data]), self.i64(axis), 0)
+
+    def arange(self, stop: str) -> str:
+        return self._node("Range", [self.i64(0), stop, self.i64(1)])
+
+    def sum_rows(self, data: str) -> str:
+        return self._node("ReduceSum", [data, self._const([0], np.int64)], keepdims=0)
+
+    def exclusive_cumsum(self, data: str) -> str:
+        return self._node("CumSum", [data, self.i64(0)], exclusive=1)
+
+    def descending_order(self, key: str) -> str:
+        # ONNX's TopK keeps the lower index first among equal values: a stable sort.
+        count = self._node("Shape", [key])
+        name = f"nms_{len(self.nodes)}_topk"
+        self.nodes.append(
+            helper.make_node(
+                "TopK", [key, count], [f"{name}_values", name], axis=0, largest=1, sorted=1
+            )
+        )
+        return name
+
+    def rows_where(self, data: str, keep: str) -> str:
+        return self._node("Compress", [data, keep], axis=0)
 
 
 def append_nms(path: Path, params: NMSParams) -> None:
-    """Graph outputs boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (image index,
-    label, score, x1, y1, x2, y2), sorted by image and then by score, at most `max_per_image`
-    per image (NonMaxSuppression, then a sort and a per-image rank)."""
+    """Graph outputs boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`)."""
     model = onnx.load(str(path))
     graph = model.graph
     boxes, scores = graph.output[0].name, graph.output[1].name
-    per_class = params.max_per_image if params.max_per_image > 0 else NO_LIMIT
-    n = helper.make_node
-    nodes = [
-        _const("nms_max", [per_class], np.int64),
-        _const("nms_iou", [params.iou_threshold], np.float32),
-        _const("nms_thr", [params.score_threshold], np.float32),
-        n("NonMaxSuppression", [boxes, scores, "nms_max", "nms_iou", "nms_thr"], ["sel"]),
-        _const("i0", 0, np.int64),
-        _const("i1", 1, np.int64),
-        _const("i2", 2, np.int64),
-        _const("ax1", [1], np.int64),
-        n("Gather", ["sel", "i0"], ["sel_image"], axis=1),
-        n("Gather", ["sel", "i1"], ["sel_label"], axis=1),
-        n("Gather", ["sel", "i2"], ["sel_box"], axis=1),
-        n("GatherND", [scores, "sel"], ["sel_score"]),
-        n("Unsqueeze", ["sel_image", "ax1"], ["sel_image_col"]),
-        n("Unsqueeze", ["sel_box", "ax1"], ["sel_box_col"]),
-        n("Concat", ["sel_image_col", "sel_box_col"], ["image_box"], axis=1),
-        n("GatherND", [boxes, "image_box"], ["sel_xyxy"]),
-        # Sort by image, then by score (descending): key = 4 * image - score, ascending.
-        n("Cast", ["sel_image"], ["image_f"], to=TensorProto.FLOAT),
-        _const("f4", 4.0, np.float32),
-        n("Mul", ["image_f", "f4"], ["image_x4"]),
-        n("Sub", ["sel_score", "image_x4"], ["neg_key"]),
-        n("Shape", ["neg_key"], ["count"]),
-        n("TopK", ["neg_key", "count"], ["_sorted", "order"], axis=0, largest=1, sorted=1),
-        n("Gather", ["sel_image", "order"], ["s_image"], axis=0),
-        n("Gather", ["sel_label", "order"], ["s_label"], axis=0),
-        n("Gather", ["sel_score", "order"], ["s_score"], axis=0),
-        n("Gather", ["sel_xyxy", "order"], ["s_xyxy"], axis=0),
-    ]
-    columns = "s_image", "s_label", "s_score", "s_xyxy"
-    if params.max_per_image > 0:
-        # rank of a detection within its image = position - first position of that image
-        nodes += [
-            n("Shape", [scores], ["scores_shape"]),
-            n("Gather", ["scores_shape", "i0"], ["num_images"]),
-            n("Range", ["i0", "num_images", "i1"], ["images"]),
-            n("Unsqueeze", ["s_image", "ax1"], ["s_image_col"]),
-            _const("ax0", [0], np.int64),
-            n("Unsqueeze", ["images", "ax0"], ["images_row"]),
-            n("Equal", ["s_image_col", "images_row"], ["is_image"]),
-            n("Cast", ["is_image"], ["is_image_i"], to=TensorProto.INT64),
-            n("ReduceSum", ["is_image_i", "ax0"], ["per_image"], keepdims=0),
-            n("CumSum", ["per_image", "i0"], ["first"], exclusive=1),
-            n("Gather", ["first", "s_image"], ["first_of_row"], axis=0),
-            n("Gather", ["count", "i0"], ["count_scalar"]),
-            n("Range", ["i0", "count_scalar", "i1"], ["position"]),
-            n("Sub", ["position", "first_of_row"], ["rank"]),
-            _const("keep_top", params.max_per_image, np.int64),
-            n("Less", ["rank", "keep_top"], ["keep"]),
-            n("Compress", ["s_image", "keep"], ["k_image"], axis=0),
-            n("Compress", ["s_label", "keep"], ["k_label"], axis=0),
-            n("Compress", ["s_score", "keep"], ["k_score"], axis=0),
-            n("Compress", ["s_xyxy", "keep"], ["k_xyxy"], axis=0),
-        ]
-        columns = "k_image", "k_label", "k_score", "k_xyxy"
-    image, label, score, xyxy = columns
-    nodes += [
-        n("Cast", [image], ["d_image"], to=TensorProto.FLOAT),
-        n("Cast", [label], ["d_label"], to=TensorProto.FLOAT),
-        n("Unsqueeze", ["d_image", "ax1"], ["d_image_col"]),
-        n("Unsqueeze", ["d_label", "ax1"], ["d_label_col"]),
-        n("Unsqueeze", [score, "ax1"], ["d_score_col"]),
-        n(
-            "Concat",
-            ["d_image_col", "d_label_col", "d_score_col", xyxy],
-            [DETECTIONS_OUTPUT],
-            axis=1,
-        ),
-    ]
-    graph.node.extend(nodes)
+    builder = _OnnxGraph()
+    result = nms.detections(builder, boxes, scores, params)
+    assert builder.nodes[-1].output[0] == result  # the final Concat: give it the output's name
+    builder.nodes[-1].output[0] = DETECTIONS_OUTPUT
+    graph.node.extend(builder.nodes)
     del graph.output[:]
     graph.output.append(
         helper.make_tensor_value_info(DETECTIONS_OUTPUT, TensorProto.FLOAT, ["K", 7])

@@ -1,4 +1,4 @@
-"""Every OpenVINO call of detcompress: conversion from torch, NMS appended to the graph,
+"""Every OpenVINO call of detcompress: conversion from torch, the NMS subgraph (`deploy/nms.py`),
 metadata in rt_info, compiled inference and the precision each layer really runs in."""
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, nms
 from detcompress.deploy.graph import NMSParams
 
 RT_INFO_KEY = ["detcompress", "metadata"]
 INT8_PRECISIONS = {"u8", "i8"}
-NO_LIMIT = 1 << 30
 
 
 def convert(
@@ -46,60 +45,86 @@ def _i64(value: Any) -> Any:
     return ops.constant(np.array(value, dtype=np.int64))
 
 
-def append_nms(model: ov.Model, params: NMSParams) -> ov.Model:
-    """boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (image index, label, score,
-    x1, y1, x2, y2), sorted by image and then by score, at most `max_per_image` per image.
+class _OpenVINOGraph:
+    """`nms.GraphOps` as OpenVINO opset nodes."""
 
-    The same graph as the ONNX export's (NonMaxSuppression, a stable sort, a per-image rank),
-    not OpenVINO's MulticlassNms: its CPU sort treats scores within 1e-6 as equal in a comparator
-    that is then not a strict weak ordering, and with many near-equal low scores (an under-trained
-    model, score_thr 0) it corrupts memory and crashes (openvino 2026.4, multiclass_nms.cpp)."""
+    def i64(self, value: int) -> Any:
+        return _i64(value)
+
+    def f32(self, value: float) -> Any:
+        return ops.constant(np.float32(value))
+
+    def non_max_suppression(
+        self, boxes: Any, scores: Any, per_class: int, iou: float, score_thr: float
+    ) -> Any:
+        selection = ops.non_max_suppression(
+            boxes,
+            scores,
+            _i64([per_class]),
+            ops.constant(np.array([iou], np.float32)),
+            ops.constant(np.array([score_thr], np.float32)),
+            box_encoding="corner",
+            sort_result_descending=False,
+            output_type="i64",
+        )
+        valid = selection.output(2)  # [1]: the rows of selected_indices that hold a selection
+        return ops.slice(selection.output(0), _i64([0]), valid, _i64([1]), _i64([0]))
+
+    def gather(self, data: Any, indices: Any, axis: int) -> Any:
+        return ops.gather(data, indices, _i64(axis))
+
+    def gather_nd(self, data: Any, indices: Any) -> Any:
+        return ops.gather_nd(data, indices)
+
+    def unsqueeze(self, data: Any, axis: int) -> Any:
+        return ops.unsqueeze(data, _i64([axis]))
+
+    def concat(self, parts: list[Any], axis: int) -> Any:
+        return ops.concat(parts, axis)
+
+    def to_float(self, data: Any) -> Any:
+        return ops.convert(data, "f32")
+
+    def to_int(self, data: Any) -> Any:
+        return ops.convert(data, "i64")
+
+    def sub(self, a: Any, b: Any) -> Any:
+        return ops.subtract(a, b)
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return ops.multiply(a, b)
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return ops.equal(a, b)
+
+    def less(self, a: Any, b: Any) -> Any:
+        return ops.less(a, b)
+
+    def dim(self, data: Any, axis: int) -> Any:
+        return ops.gather(ops.shape_of(data, "i64"), _i64(axis), _i64(0))
+
+    def arange(self, stop: Any) -> Any:
+        return ops.range(_i64(0), stop, _i64(1), "i64")
+
+    def sum_rows(self, data: Any) -> Any:
+        return ops.reduce_sum(data, _i64([0]), keep_dims=False)
+
+    def exclusive_cumsum(self, data: Any) -> Any:
+        return ops.cumsum(data, _i64(0), exclusive=True)
+
+    def descending_order(self, key: Any) -> Any:
+        count = self.dim(key, 0)
+        return ops.topk(key, count, 0, "max", "value", "i64", stable=True).output(1)
+
+    def rows_where(self, data: Any, keep: Any) -> Any:
+        return ops.gather(data, ops.squeeze(ops.non_zero(keep, "i64"), _i64([0])), _i64(0))
+
+
+def append_nms(model: ov.Model, params: NMSParams) -> ov.Model:
+    """Results boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`)."""
     boxes = model.get_results()[0].input_value(0)
     scores = model.get_results()[1].input_value(0)
-    per_class = params.max_per_image if params.max_per_image > 0 else NO_LIMIT
-    nms = ops.non_max_suppression(
-        boxes,
-        scores,
-        _i64([per_class]),
-        ops.constant(np.array([params.iou_threshold], np.float32)),
-        ops.constant(np.array([params.score_threshold], np.float32)),
-        box_encoding="corner",
-        sort_result_descending=False,
-        output_type="i64",
-    )
-    valid = nms.output(2)  # [1]: the rows of selected_indices that hold a selection
-    selected = ops.slice(nms.output(0), _i64([0]), valid, _i64([1]), _i64([0]))
-    image = ops.gather(selected, _i64(0), 1)
-    label = ops.gather(selected, _i64(1), 1)
-    box = ops.gather(selected, _i64(2), 1)
-    score = ops.gather_nd(scores, selected)
-    xyxy = ops.gather_nd(
-        boxes, ops.concat([ops.unsqueeze(image, _i64([1])), ops.unsqueeze(box, _i64([1]))], 1)
-    )
-    # Sort by image, then by score (descending): key = score - 4 * image, largest first.
-    key = ops.subtract(score, ops.multiply(ops.convert(image, "f32"), ops.constant(np.float32(4))))
-    count = ops.shape_of(key, "i64")
-    order = ops.topk(key, ops.squeeze(count, _i64([0])), 0, "max", "value", "i64", stable=True)
-    order = order.output(1)
-    image, label, score, xyxy = (ops.gather(t, order, 0) for t in (image, label, score, xyxy))
-    if params.max_per_image > 0:
-        # rank of a detection within its image = position - first position of that image
-        num_images = ops.gather(ops.shape_of(scores, "i64"), _i64(0), 0)
-        images = ops.range(_i64(0), num_images, _i64(1), "i64")
-        is_image = ops.equal(ops.unsqueeze(image, _i64([1])), ops.unsqueeze(images, _i64([0])))
-        per_image = ops.reduce_sum(ops.convert(is_image, "i64"), _i64([0]), keep_dims=False)
-        first = ops.gather(ops.cumsum(per_image, _i64(0), exclusive=True), image, 0)
-        position = ops.range(_i64(0), ops.squeeze(count, _i64([0])), _i64(1), "i64")
-        keep = ops.less(ops.subtract(position, first), _i64(params.max_per_image))
-        kept = ops.squeeze(ops.non_zero(keep, "i64"), _i64([0]))
-        image, label, score, xyxy = (ops.gather(t, kept, 0) for t in (image, label, score, xyxy))
-    columns = [
-        ops.unsqueeze(ops.convert(image, "f32"), _i64([1])),
-        ops.unsqueeze(ops.convert(label, "f32"), _i64([1])),
-        ops.unsqueeze(score, _i64([1])),
-        xyxy,
-    ]
-    result = ops.result(ops.concat(columns, 1))
+    result = ops.result(nms.detections(_OpenVINOGraph(), boxes, scores, params))
     result.output(0).get_tensor().set_names({DETECTIONS_OUTPUT})
     return ov.Model([result], model.get_parameters(), model.get_friendly_name())
 
