@@ -154,7 +154,7 @@ def test_binary_preset_is_one_line(tiny_workspace: Path, tmp_path: Path) -> None
 
 
 def test_nncf_filter_pruning_name_is_accepted() -> None:
-    from detcompress.compression.pipeline import PruningSettings
+    from detcompress.compression.settings import PruningSettings
     from detcompress.config.presets import build_nncf_config
 
     nncf = build_nncf_config(

@@ -3,8 +3,6 @@ modules only parse options and call these."""
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +12,22 @@ import yaml
 
 from detcompress import console, patches
 from detcompress.config.mmdet_config import LoadedConfig, check_data_paths, load_config
-from detcompress.errors import CheckpointError, ConfigError, OutputExistsError, closest
+from detcompress.errors import CheckpointError, OutputExistsError, closest
 from detcompress.files import (
     check_output_dir,
     check_output_file,
-    checkpoint_iteration,
-    latest_checkpoint,
-    looks_complete,
 )
 from detcompress.model.detector import unwrapped
+from detcompress.model.rebuild import (
+    nncf_config_of_checkpoint,
+    rebuild_compressed,
+    rebuild_structure,
+)
+from detcompress.train.work_dir import (
+    check_something_left_to_train,
+    claim_work_dir,
+    find_checkpoint,
+)
 
 # ---------------------------------------------------------------------------------------------
 # init
@@ -228,7 +233,7 @@ def compress(
     loaded = plan.config
     nncf_config = loaded.nncf
     if not nncf_config.is_empty:
-        from detcompress.compression.pipeline import check_settings, require_packages
+        from detcompress.compression.settings import check_settings, require_packages
 
         require_packages(nncf_config)
         check_settings(nncf_config)
@@ -236,7 +241,7 @@ def compress(
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
     dist = _join_run(launcher, target_device, loaded.cfg, nncf_config)
-    distributed.run_on_main(dist, lambda: _claim_work_dir(plan.work_dir, force))
+    distributed.run_on_main(dist, lambda: claim_work_dir(plan.work_dir, force))
 
     from detcompress.train import runner
 
@@ -247,7 +252,7 @@ def compress(
     report_lines: list[str] = list(plan.schedule_notes)
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
-        nncf_config = _nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
+        nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
         model = rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
     else:
@@ -264,7 +269,7 @@ def compress(
         for line in _distributed_lines(dist, cfg) + report_lines:
             console.log.info(line)
     if not nncf_config.is_empty:
-        from detcompress.compression.pipeline import compression_lr_multiplier
+        from detcompress.compression.settings import compression_lr_multiplier
 
         runner.scale_compression_lr(cfg, compression_lr_multiplier(nncf_config))
 
@@ -302,7 +307,7 @@ def _join_run(launcher: str, device: Any, cfg: Any, nncf_config: Any) -> Any:
 
     dist = distributed.init(launcher, device, cfg)
     if not nncf_config.is_empty:
-        from detcompress.compression.pipeline import check_distributed
+        from detcompress.compression.settings import check_distributed
 
         check_distributed(nncf_config, dist.world_size)
     return dist
@@ -370,7 +375,7 @@ def _compress_result(
 def _final_statistics(model: Any, nncf_config: Any) -> dict[str, Any]:
     if nncf_config.is_empty:
         return {}
-    from detcompress.compression.pipeline import statistics
+    from detcompress.compression.statistics import statistics
 
     return statistics(unwrapped(model), nncf_config)
 
@@ -379,7 +384,8 @@ def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
     """What a checkpoint stores of the compression: its structure, with the statistics."""
     if nncf_config.is_empty:
         return lambda model: None
-    from detcompress.compression.pipeline import model_structure, statistics
+    from detcompress.compression.pipeline import model_structure
+    from detcompress.compression.statistics import statistics
 
     def structure(model: Any) -> dict[str, Any] | None:
         found = model_structure(model)
@@ -400,7 +406,8 @@ def _compression_hooks(nncf_config: Any) -> list[Any]:
 
 
 def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
-    from detcompress.compression.pipeline import calibration_batches_needed, compress_model
+    from detcompress.compression.pipeline import compress_model
+    from detcompress.compression.settings import calibration_batches_needed
     from detcompress.train.runner import calibration_batches
 
     batch_size = cfg.train_dataloader.get("batch_size", 1)
@@ -413,132 +420,8 @@ def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any,
     return compress_model(model, nncf_config, batches, to_inputs, batch_size)
 
 
-def _rebuild_structure(model: Any, meta: dict[str, Any], source: Path | str) -> Any:
-    """The compression structure of a detcompress checkpoint on `model` (pruned architecture,
-    NNCF's hooks; values untrained)."""
-    from detcompress.compression import require_nncf
-    from detcompress.compression.pipeline import needs_nncf, rebuild_model
-
-    structure = meta.get("structure") or {}
-    if needs_nncf(structure):
-        require_nncf()
-    return rebuild_model(model, structure, str(source))
-
-
-def rebuild_compressed(
-    model: Any, meta: dict[str, Any], checkpoint: Any, source: Path | str = "checkpoint"
-) -> Any:
-    """`_rebuild_structure`, then the checkpoint's weights and quantizer values."""
-    from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
-    try:
-        model = _rebuild_structure(model, meta, source)
-        _load_checkpoint_to_model(model, checkpoint, strict=True)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next(
-            (line for line in lines if "size mismatch" in line), lines[0] if lines else ""
-        )
-        raise CheckpointError(
-            f"{source}: its compressed weights do not fit the model of this config "
-            f"({type(exc).__name__}: {detail[:300]}); pass the --config it was trained with, "
-            "or none to use the one stored in it"
-        ) from None
-    return model
-
-
-def _nncf_config_of_checkpoint(
-    path: Path, meta: dict[str, Any], requested: Any, force: bool
-) -> Any:
-    """A compressed checkpoint brings its own nncf_config; a different requested one is refused
-    (with the differing keys) unless --force."""
-    from detcompress.config.presets import build_nncf_config, differing_keys
-
-    stored = meta.get("nncf_config") or {}
-    if not requested.is_empty:
-        diff = differing_keys(stored, requested.raw)
-        if diff and not force:
-            raise ConfigError(
-                f"{path}: was compressed with a different nncf_config (differing keys: "
-                f"{', '.join(diff)}); pass --force to continue with the checkpoint's compression"
-            )
-    return build_nncf_config(stored, f"{path} (nncf_config)")
-
-
-def _claim_work_dir(work_dir: Path, force: bool, after_iteration: int = -1) -> None:
-    """Refuse to mix a run into a work dir holding checkpoints it would overwrite (for a
-    resumed run: checkpoints after the iteration it resumes from). With `force` they are moved
-    aside, never deleted: complete ones to `previous_run_<time>/`, unreadable ones (an
-    interrupted save of an older version) to `corrupt_<time>/`."""
-    from detcompress.files import remove_stale_temporaries
-
-    if work_dir.exists() and not work_dir.is_dir():
-        raise OutputExistsError(f"{work_dir}: is a file; --work-dir must be a folder")
-    if not work_dir.is_dir():
-        return
-    remove_stale_temporaries(work_dir)  # left by a process killed while saving
-    existing = [
-        p
-        for p in sorted(work_dir.glob("*.pth"))
-        if after_iteration < 0 or checkpoint_iteration(p) > after_iteration
-    ]
-    corrupt = [p for p in existing if not looks_complete(p)]
-    if existing and not force:
-        what = "an earlier run" if after_iteration < 0 else f"iterations after {after_iteration}"
-        state = f"; {corrupt[0].name} is truncated or corrupt" if corrupt else ""
-        raise OutputExistsError(
-            f"{work_dir}: holds checkpoints of {what} ({existing[0].name}, ...){state}; choose "
-            "another --work-dir, or pass --force to move them aside"
-        )
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    for ckpt in existing:
-        backup = work_dir / f"{'corrupt' if ckpt in corrupt else 'previous_run'}_{stamp}"
-        backup.mkdir(exist_ok=True)
-        shutil.move(str(ckpt), backup / ckpt.name)
-
-
 # ---------------------------------------------------------------------------------------------
 # resume
-
-
-def find_checkpoint(target: Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a work dir."""
-    if target.is_file():
-        return target
-    if target.is_dir():
-        latest = latest_checkpoint(target)
-        if latest is not None:
-            return latest
-        found = sorted(target.glob("*_*.pth"))
-        state = f" (its {found[-1].name} is truncated or corrupt)" if found else ""
-        raise CheckpointError(
-            f"{target}: work dir holds no checkpoint (iter_*.pth, epoch_*.pth){state}"
-        )
-    raise CheckpointError(f"{target}: no such checkpoint file or work dir")
-
-
-def _check_something_left_to_train(
-    path: Path, cfg: Any, checkpoint: dict[str, Any], max_iters: int | None
-) -> None:
-    """A finished run, a post-training checkpoint or a --max-iters at or below the checkpoint's
-    iteration would only validate again: say so instead of "succeeding"."""
-    meta = checkpoint.get("meta") or {}
-    train_cfg = cfg.get("train_cfg") or {}
-    if "max_epochs" in train_cfg and "max_iters" not in train_cfg:
-        done, end, unit = int(meta.get("epoch", 0)), int(train_cfg["max_epochs"]), "epoch"
-    else:
-        done, end, unit = int(meta.get("iter", 0)), int(train_cfg.get("max_iters", 0)), "iteration"
-    if end == 0 or "optimizer" not in checkpoint:
-        raise CheckpointError(
-            f"{path}: a post-training (--max-iters 0) checkpoint has no training to resume; to "
-            f"fine-tune it, run `detcompress compress CONFIG --load-from {path} --max-iters N`"
-        )
-    if done >= end:
-        why = f"--max-iters {max_iters}" if max_iters is not None else "the run's schedule"
-        raise CheckpointError(
-            f"{path}: nothing to train: the checkpoint is at {unit} {done} and {why} ends at "
-            f"{end}; pass --max-iters N with N > {done} to train further"
-        )
 
 
 @console.mmengine_output()
@@ -581,7 +464,7 @@ def resume(
         else:
             assert preset is not None
             requested = read_preset_file(resolve_preset(preset))
-        _nncf_config_of_checkpoint(path, meta, build_nncf_config(requested, "requested"), force)
+        nncf_config_of_checkpoint(path, meta, build_nncf_config(requested, "requested"), force)
 
     cfg = read_stored_config(
         meta["config_text"], path, trust_checkpoint, meta.get("config_name", "config.py")
@@ -593,10 +476,10 @@ def resume(
     # not write into the original.
     cfg.work_dir = str(work_dir or path.parent)
     done = int(checkpoint.get("meta", {}).get("iter", 0))
-    _check_something_left_to_train(path, cfg, checkpoint, max_iters)
+    check_something_left_to_train(path, cfg, checkpoint, max_iters)
     dist = _join_run(launcher, target_device, cfg, stored)
     distributed.run_on_main(
-        dist, lambda: _claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
+        dist, lambda: claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
     )
     cfg.resume = True
     cfg.load_from = str(path)
@@ -607,7 +490,7 @@ def resume(
             console.log.info(line)
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
-        model = _rebuild_structure(model, meta, path)
+        model = rebuild_structure(model, meta, path)
     run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
     result = _fine_tune(cfg, model, run_meta, stored, dist, target_device, trust_checkpoint)
     compression = meta.get("compression_summary") or {}

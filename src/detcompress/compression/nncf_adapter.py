@@ -251,7 +251,7 @@ def is_compressed(model: torch.nn.Module) -> bool:
 def _prune_mode(algo: Algorithm) -> Any:
     from nncf.parameters import PruneMode
 
-    # global+abs is refused by pipeline.check_sparsity_settings (NNCF 3 ranks |w| / ||w||).
+    # global+abs is refused by settings.check_sparsity_settings (NNCF 3 ranks |w| / ||w||).
     mode = algo.get("params.sparsity_level_setting_mode", "global")
     return (
         PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL

@@ -121,11 +121,11 @@ def load_detector(
     trust_checkpoint: bool = False,
     cfg_options: list[str] | None = None,
 ) -> LoadedDetector:
-    from detcompress import api
     from detcompress.config.mmdet_config import load_mmdet_config
     from detcompress.config.stored import read_stored_config
     from detcompress.model import detector
     from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.model.rebuild import rebuild_compressed
 
     if not path.exists():  # a folder or a non-checkpoint file: load_checkpoint says what it is
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -152,7 +152,7 @@ def load_detector(
     model = detector.build_detector(cfg)
     compressed = bool(meta.get("compressed"))
     if compressed:
-        model = api.rebuild_compressed(model, meta, checkpoint, path)
+        model = rebuild_compressed(model, meta, checkpoint, path)
     else:
         detector.load_weights(model, checkpoint, path)
     model.eval()

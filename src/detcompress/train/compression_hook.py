@@ -15,6 +15,9 @@ from mmengine.hooks import Hook
 
 from detcompress.compression import pipeline
 from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
+from detcompress.compression.settings import progressive_pruning
+from detcompress.compression.state import SPARSITY_ALGORITHMS, state_of
+from detcompress.compression.statistics import statistics, statistics_table
 from detcompress.config.presets import NNCFConfig
 from detcompress.model.detector import unwrapped
 
@@ -25,16 +28,14 @@ class CompressionScheduleHook(Hook):
 
     def __init__(self, nncf_config: NNCFConfig) -> None:
         self.nncf_config = nncf_config
-        sparsity = next(
-            (a for a in nncf_config.algorithms if a.name in pipeline.SPARSITY_ALGORITHMS), None
-        )
+        sparsity = next((a for a in nncf_config.algorithms if a.name in SPARSITY_ALGORITHMS), None)
         self.sparsity_algo = sparsity
         self.sparsity = SparsitySchedule.of(sparsity) if sparsity is not None else None
         pruning = nncf_config.algorithm("filter_pruning")
         self.pruning_algo = pruning
         self.pruning = (
             PruningSchedule.of(pruning)
-            if pruning is not None and pipeline.progressive_pruning(nncf_config)
+            if pruning is not None and progressive_pruning(nncf_config)
             else None
         )
         self.statistics: dict[str, Any] = {}
@@ -98,7 +99,7 @@ class CompressionScheduleHook(Hook):
         epoch = self.epoch(runner, batch_idx)
         if self.quant_start != (None, None):
             self._switch_quantizers(runner, model, epoch)
-        state = pipeline.state_of(model)
+        state = state_of(model)
         if state is None:
             return
         if self.sparsity is not None and self.sparsity_algo is not None:
@@ -156,7 +157,7 @@ class CompressionScheduleHook(Hook):
         """The RB loss term joins the detector's loss dict (mmdet sums every `loss*` key)."""
         from detcompress.compression import nncf_adapter
 
-        state = pipeline.state_of(model)
+        state = state_of(model)
         level = state.sparsity_level if state is not None and state.sparsity_level else 0.0
         self.rb_loss = nncf_adapter.RBSparsityLoss(model, level)
         detector_loss = model.loss
@@ -172,8 +173,8 @@ class CompressionScheduleHook(Hook):
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
         model = unwrapped(runner.model)
-        self.statistics = pipeline.statistics(model, self.nncf_config)
-        for line in pipeline.statistics_table(self.statistics):
+        self.statistics = statistics(model, self.nncf_config)
+        for line in statistics_table(self.statistics):
             runner.logger.info(f"[detcompress] {line}")
 
 
