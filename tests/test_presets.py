@@ -50,7 +50,7 @@ def test_int8_preset_values() -> None:
 def test_preset_magnitude_sparsity_schedule() -> None:
     path = bundled_presets()["magnitude_sparsity"]
     algo = build_nncf_config(read_preset_file(path), str(path)).algorithms[0]
-    assert algo.get("params.multistep_sparsity_levels") == [0.3, 0.5, 0.7]
+    assert list(algo.multistep_levels) == [0.3, 0.5, 0.7]  # type: ignore[attr-defined]
 
 
 def test_merge_order_config_then_preset_then_cfg_options(

@@ -144,3 +144,8 @@ def mmengine_output() -> Iterator[None]:
             yield
     finally:
         _mmengine_output_active = False
+
+
+# Library callers (tests, benchmarks, notebooks) see detcompress's lines as the CLI's default
+# does, as they did when these were prints; the CLI sets the verbosity it was given.
+configure(DEFAULT)

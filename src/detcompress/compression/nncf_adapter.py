@@ -33,7 +33,13 @@ from nncf.torch.function_hook.wrapper import get_hook_storage
 
 from detcompress.compression import speedups
 from detcompress.compression.scopes import match_scopes
-from detcompress.config.presets import Algorithm, Quantization, QuantizerSettings
+from detcompress.config.algorithms import (
+    DEFAULT_MAX_PERCENTILE,
+    DEFAULT_MIN_PERCENTILE,
+    Quantization,
+    QuantizerSettings,
+    Sparsity,
+)
 from detcompress.errors import PresetError
 
 # NNCF 2 range-init types -> NNCF 3 range estimators (None: NNCF's default for the preset).
@@ -110,11 +116,6 @@ def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
     )
 
 
-# NNCF 2's defaults for percentile range initialization, in percent.
-DEFAULT_MIN_PERCENTILE = 0.1
-DEFAULT_MAX_PERCENTILE = 99.9
-
-
 def _range_estimator(algo: Quantization) -> Any:
     """NNCF 3's range estimator for the preset's `initializer.range` (None: NNCF's default).
     Percentile ranges take `params.min_percentile` / `max_percentile` (percent, NNCF 2's
@@ -122,8 +123,8 @@ def _range_estimator(algo: Quantization) -> Any:
     estimator = RANGE_ESTIMATORS.get(algo.range_type or "")
     if estimator is None or algo.range_type not in ("percentile", "mean_percentile"):
         return estimator
-    low = algo.get("initializer.range.params.min_percentile", DEFAULT_MIN_PERCENTILE)
-    high = algo.get("initializer.range.params.max_percentile", DEFAULT_MAX_PERCENTILE)
+    low = DEFAULT_MIN_PERCENTILE if algo.min_percentile is None else algo.min_percentile
+    high = DEFAULT_MAX_PERCENTILE if algo.max_percentile is None else algo.max_percentile
     return RangeEstimatorParameters(
         min=dataclasses.replace(estimator.min, quantile_outlier_prob=low / 100),
         max=dataclasses.replace(estimator.max, quantile_outlier_prob=1 - high / 100),
@@ -144,9 +145,7 @@ def quantize(
     dataset = nncf.Dataset(batches, to_inputs)
     example = to_inputs(batches[0])
     names = graph_node_names(detector, example)
-    ignored = list(algo.ignored_scopes) + list(
-        algo.settings.get("activations", {}).get("ignored_scopes", []) or []
-    )
+    ignored = list(algo.ignored_scopes) + list(algo.activations_ignored_scopes)
     matched, unmatched = match_scopes(ignored, names)
     summary = QuantizationSummary(ignored_matched=matched, ignored_unmatched=unmatched)
     ignored_names = {n for hits in matched.values() for n in hits}
@@ -165,9 +164,7 @@ def quantize(
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=_quantizer_params(algo.weights),
         activations_quantization_params=_quantizer_params(algo.activations),
-        overflow_fix=OverflowFix(algo.settings["overflow_fix"])
-        if "overflow_fix" in algo.settings
-        else None,
+        overflow_fix=OverflowFix(algo.overflow_fix) if algo.overflow_fix is not None else None,
     )
     estimator = _range_estimator(algo)
     if estimator is not None:
@@ -248,11 +245,11 @@ def is_compressed(model: torch.nn.Module) -> bool:
 # Magnitude sparsity
 
 
-def _prune_mode(algo: Algorithm) -> Any:
+def _prune_mode(algo: Sparsity) -> Any:
     from nncf.parameters import PruneMode
 
-    # global+abs is refused by settings.check_sparsity_settings (NNCF 3 ranks |w| / ||w||).
-    mode = algo.get("params.sparsity_level_setting_mode", "global")
+    # global+abs is refused by Sparsity.check (NNCF 3 ranks |w| / ||w||).
+    mode = algo.level_setting_mode
     return (
         PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
         if mode == "global"
@@ -261,7 +258,7 @@ def _prune_mode(algo: Algorithm) -> Any:
 
 
 def sparsify(
-    model: torch.nn.Module, algo: Algorithm, level: float, example_input: torch.Tensor
+    model: torch.nn.Module, algo: Sparsity, level: float, example_input: torch.Tensor
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Sparsity masks on every convolution / linear weight not in ignored_scopes (in place):
     magnitude masks set to `level`, or regularization-based masks (all kept at first; the
@@ -336,7 +333,7 @@ class RBSparsityLoss:
 
 
 @torch.no_grad()
-def set_sparsity_level(model: torch.nn.Module, algo: Algorithm, level: float) -> None:
+def set_sparsity_level(model: torch.nn.Module, algo: Sparsity, level: float) -> None:
     """Recompute the masks from the current weights for `level` (0: nothing masked)."""
     from nncf.torch.function_hook.pruning.magnitude.algo import update_pruning_ratio
 

@@ -3,8 +3,9 @@ filter pruning first (it changes the architecture), then sparsity (masks on the 
 quantization last (quantizers calibrate on the pruned, masked weights).
 
 The compression state that training changes travels with the model (`state.py`) and into every
-checkpoint with the compression structure (`model_structure`). What an nncf_config may ask is
-checked in `settings.py`; the statistics are counted in `statistics.py`.
+checkpoint with the compression structure (`model_structure`). Each algorithm's settings are
+read and checked in `config/algorithms.py` (and across algorithms in `settings.py`); the
+statistics are counted in `statistics.py`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import torch
 
 from detcompress.compression.scopes import match_scopes
 from detcompress.compression.settings import (
-    PruningSettings,
     bn_adaptation_steps,
-    check_sparsity_settings,
     progressive_pruning,
     quantization_steps,
 )
@@ -32,7 +31,8 @@ from detcompress.compression.statistics import (
     statistics,
     statistics_table,
 )
-from detcompress.config.presets import Algorithm, NNCFConfig, Quantization
+from detcompress.config.algorithms import Algorithm, FilterPruning, Quantization, Sparsity
+from detcompress.config.presets import NNCFConfig
 
 ORDER = {"filter_pruning": 0, "magnitude_sparsity": 1, "rb_sparsity": 1, "quantization": 2}
 STRUCTURE_FORMAT = 2
@@ -44,7 +44,9 @@ class CompressionReport:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float) -> tuple[int, int]:
+def prune_to(
+    model: Any, algo: FilterPruning, state: CompressionState, level: float
+) -> tuple[int, int]:
     """Remove filters until `level` of the original filters are gone; (filters before, after)."""
     from detcompress.compression import torch_pruning_adapter as tpa
 
@@ -52,13 +54,12 @@ def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float)
     if level <= current:
         count = filter_count(model)
         return count, count
-    settings = PruningSettings.of(algo)
     convs = tpa.conv_names(model)
-    matched, _ = match_scopes(settings.ignored_scopes, list(convs), submodules=True)
+    matched, _ = match_scopes(algo.ignored_scopes, list(convs), submodules=True)
     keep = {name for names in matched.values() for name in names}
     ignored = [convs[n] for n in sorted(keep)] + head_output_convs(model)
     first = tpa.first_conv(model)
-    if first is not None and not settings.prune_first_conv:
+    if first is not None and not algo.prune_first_conv:
         ignored.append(first)
     before = filter_count(model)
     # torch-pruning's ratio is of the model as it is: from `current` to `level` of the original.
@@ -70,7 +71,7 @@ def prune_to(model: Any, algo: Algorithm, state: CompressionState, level: float)
 
     final = level >= PruningSchedule.of(algo).target
     tpa.prune_filters(
-        model, example, step_ratio, settings.importance, ignored, settings.global_ranking, final
+        model, example, step_ratio, algo.importance, ignored, algo.global_ranking, final
     )
     model.train(was_training)
     state.pruning_level = level
@@ -100,10 +101,10 @@ def compress_model(
     for algo in sorted(nncf_config.algorithms, key=lambda a: ORDER[a.name]):
         if isinstance(algo, Quantization):
             model = _quantize(model, algo, nncf_config, batches, to_inputs, batch_size, report)
-        elif algo.name == "filter_pruning":
+        elif isinstance(algo, FilterPruning):
             _prune_filters(model, algo, nncf_config, state, report)
             _adapt_bn(model, algo, batches, to_inputs, batch_size, report)
-        else:
+        elif isinstance(algo, Sparsity):
             model = _sparsify(model, algo, state, example, report)
             _adapt_bn(model, algo, batches, to_inputs, batch_size, report)
     attach_state(model, state)
@@ -142,7 +143,7 @@ def _quantize(
 
 def _prune_filters(
     model: Any,
-    algo: Algorithm,
+    algo: FilterPruning,
     nncf_config: NNCFConfig,
     state: CompressionState,
     report: CompressionReport,
@@ -151,10 +152,8 @@ def _prune_filters(
     from detcompress.compression.schedules import PruningSchedule
 
     schedule = PruningSchedule.of(algo)
-    settings = PruningSettings.of(algo)
-    _, unmatched = match_scopes(
-        settings.ignored_scopes, list(tpa.conv_names(model)), submodules=True
-    )
+    algo.check()
+    _, unmatched = match_scopes(algo.ignored_scopes, list(tpa.conv_names(model)), submodules=True)
     for scope in unmatched:
         report.lines.append(
             f"warning: filter_pruning ignored scope '{scope}' matched no convolution; names "
@@ -171,14 +170,14 @@ def _prune_filters(
     )
     report.lines.append(
         f"filter_pruning: {before - after} of {before} filters removed (level {level:.3f}; "
-        f"{how}; importance {settings.importance}, head output convolutions kept)"
+        f"{how}; importance {algo.importance}, head output convolutions kept)"
     )
     report.data["filter_pruning"] = {"initial_level": level, "progressive": progressive}
 
 
 def _sparsify(
     model: Any,
-    algo: Algorithm,
+    algo: Sparsity,
     state: CompressionState,
     example: torch.Tensor,
     report: CompressionReport,
@@ -186,7 +185,7 @@ def _sparsify(
     from detcompress.compression import nncf_adapter
     from detcompress.compression.schedules import SparsitySchedule
 
-    check_sparsity_settings(algo)
+    algo.check()
     schedule = SparsitySchedule.of(algo)
     level = schedule.level(0)
     model, summary = nncf_adapter.sparsify(model, algo, level, example)

@@ -24,15 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from detcompress.config.presets import Algorithm
+from detcompress.config.algorithms import DEFAULT_POWER, FilterPruning, Sparsity
 from detcompress.errors import PresetError
-
-# NNCF 2's defaults.
-DEFAULT_SPARSITY_TARGET = 0.5
-DEFAULT_SPARSITY_TARGET_EPOCH = 90
-DEFAULT_POWER = 0.9
-DEFAULT_PRUNING_TARGET = 0.5
-DEFAULT_PRUNING_STEPS = 100
 
 
 def _exponential(initial: float, target: float, progress: float) -> float:
@@ -61,41 +54,36 @@ class SparsitySchedule:
     concave: bool = True
 
     @classmethod
-    def of(cls, algo: Algorithm) -> SparsitySchedule:
-        kind = algo.get("params.schedule", "polynomial")
-        initial = float(algo.get("sparsity_init", 0.0))
-        if kind == "multistep":
-            steps = tuple(algo.get("params.multistep_steps", [90]))
-            levels = tuple(
-                float(v) for v in algo.get("params.multistep_sparsity_levels", [0.1, 0.5])
-            )
+    def of(cls, algo: Sparsity) -> SparsitySchedule:
+        if algo.schedule == "multistep":
+            steps, levels = algo.multistep_steps, algo.multistep_levels
             return cls(
-                kind,
+                algo.schedule,
                 levels[0],
                 levels[-1],
                 steps[-1] if steps else 0,
-                algo.get("params.sparsity_freeze_epoch"),
+                algo.sparsity_freeze_epoch,
                 per_iteration=False,
                 steps=steps,
                 levels=levels,
             )
-        target = float(algo.get("params.sparsity_target", DEFAULT_SPARSITY_TARGET))
+        initial, target = algo.sparsity_init, algo.sparsity_target
         if target < initial:
             raise PresetError(
                 f"'{algo.name}': params.sparsity_target ({target}) is below sparsity_init "
                 f"({initial}); sparsity only grows during training"
             )
-        if kind == "exponential" and target >= 1:
+        if algo.schedule == "exponential" and target >= 1:
             raise PresetError(f"'{algo.name}': params.sparsity_target must be below 1")
         return cls(
-            kind,
+            algo.schedule,
             initial,
             target,
-            int(algo.get("params.sparsity_target_epoch", DEFAULT_SPARSITY_TARGET_EPOCH)),
-            algo.get("params.sparsity_freeze_epoch"),
-            per_iteration=bool(algo.get("params.update_per_optimizer_step", False)),
-            power=float(algo.get("params.power", DEFAULT_POWER)),
-            concave=bool(algo.get("params.concave", True)),
+            algo.sparsity_target_epoch,
+            algo.sparsity_freeze_epoch,
+            per_iteration=algo.update_per_optimizer_step,
+            power=algo.power,
+            concave=algo.concave,
         )
 
     def level(self, epoch: float) -> float:
@@ -131,22 +119,14 @@ class PruningSchedule:
     steps: int
 
     @classmethod
-    def of(cls, algo: Algorithm) -> PruningSchedule:
-        kind = algo.get("params.schedule", "exponential")
-        initial = float(algo.get("pruning_init", 0.0))
-        target = float(algo.get("params.pruning_target", DEFAULT_PRUNING_TARGET))
+    def of(cls, algo: FilterPruning) -> PruningSchedule:
+        initial, target = algo.pruning_init, algo.pruning_target
         if target < initial:
             raise PresetError(
                 f"'{algo.name}': params.pruning_target ({target}) is below pruning_init "
                 f"({initial}); removed filters do not come back"
             )
-        return cls(
-            kind,
-            initial,
-            target,
-            int(algo.get("params.num_init_steps", 0)),
-            int(algo.get("params.pruning_steps", DEFAULT_PRUNING_STEPS)),
-        )
+        return cls(algo.schedule, initial, target, algo.num_init_steps, algo.pruning_steps)
 
     def level(self, epoch: float) -> float:
         epoch = math.floor(epoch)

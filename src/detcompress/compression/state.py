@@ -7,9 +7,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SPARSITY_ALGORITHMS = ("magnitude_sparsity", "rb_sparsity")
-
-
 STATE_ATTRIBUTE = "_detcompress_compression"
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from detcompress.compression.state import SPARSITY_ALGORITHMS, state_of
+from detcompress.compression.state import state_of
+from detcompress.config.algorithms import SPARSITY_ALGORITHMS
 from detcompress.config.presets import NNCFConfig
 
 
@@ -104,11 +105,10 @@ def statistics(model: Any, nncf_config: NNCFConfig) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     if state is None:
         return stats
-    if nncf_config.algorithm("filter_pruning") is not None and state.original:
+    algo = nncf_config.filter_pruning
+    if algo is not None and state.original:
         from detcompress.compression.schedules import PruningSchedule
 
-        algo = nncf_config.algorithm("filter_pruning")
-        assert algo is not None
         now = size_counts(model, state.input_shape)
         stats["filter_pruning"] = {
             "level": state.pruning_level,
@@ -121,7 +121,7 @@ def statistics(model: Any, nncf_config: NNCFConfig) -> dict[str, Any]:
                 if state.original.get(k)
             },
         }
-    sparsity = next((a for a in nncf_config.algorithms if a.name in SPARSITY_ALGORITHMS), None)
+    sparsity = nncf_config.sparsity
     if sparsity is not None:
         from detcompress.compression import nncf_adapter
         from detcompress.compression.schedules import SparsitySchedule

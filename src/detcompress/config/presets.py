@@ -17,6 +17,14 @@ from typing import Any
 import yaml
 
 from detcompress.config import schema
+from detcompress.config.algorithms import (
+    SPARSITY_ALGORITHMS,
+    Algorithm,
+    FilterPruning,
+    Quantization,
+    Sparsity,
+    algorithm_of,
+)
 from detcompress.errors import PresetError, closest
 
 PRESET_SUFFIXES = (".yaml", ".yml", ".json")
@@ -312,45 +320,6 @@ class InputInfo:
 
 
 @dataclass(frozen=True)
-class QuantizerSettings:
-    mode: str | None
-    per_channel: bool | None
-    bits: int = 8
-    signed: bool | None = None  # None: NNCF decides from the statistics
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """One entry of `compression`. `settings` keeps the validated NNCF keys of the algorithm
-    (the compression adapter reads the algorithm-specific ones from it)."""
-
-    name: str
-    ignored_scopes: tuple[str, ...]
-    target_scopes: tuple[str, ...]
-    settings: dict[str, Any]
-
-    def get(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self.settings
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
-
-
-@dataclass(frozen=True)
-class Quantization(Algorithm):
-    preset: str = "performance"
-    weights: QuantizerSettings = QuantizerSettings(None, None)
-    activations: QuantizerSettings = QuantizerSettings(None, None)
-    range_type: str | None = None
-    num_init_steps: int | None = None
-    num_init_samples: int | None = None
-    num_bn_adaptation_steps: int | None = None
-    num_bn_adaptation_samples: int | None = None
-
-
-@dataclass(frozen=True)
 class NNCFConfig:
     """The merged, validated nncf_config. `raw` is the merged dict as given (saved in
     checkpoints and exported metadata); the typed fields are what the code reads."""
@@ -368,6 +337,21 @@ class NNCFConfig:
     def algorithm(self, name: str) -> Algorithm | None:
         return next((a for a in self.algorithms if a.name == name), None)
 
+    @property
+    def quantization(self) -> Quantization | None:
+        found = self.algorithm("quantization")
+        return found if isinstance(found, Quantization) else None
+
+    @property
+    def sparsity(self) -> Sparsity | None:
+        found = next((a for a in self.algorithms if a.name in SPARSITY_ALGORITHMS), None)
+        return found if isinstance(found, Sparsity) else None
+
+    @property
+    def filter_pruning(self) -> FilterPruning | None:
+        found = self.algorithm("filter_pruning")
+        return found if isinstance(found, FilterPruning) else None
+
 
 def build_nncf_config(merged: dict[str, Any], source: str) -> NNCFConfig:
     """Validate the merged config as a whole and turn it into typed objects."""
@@ -376,48 +360,13 @@ def build_nncf_config(merged: dict[str, Any], source: str) -> NNCFConfig:
         InputInfo(tuple(item.get("sample_size", ())), item.get("type", "float"))
         for item in _as_list(merged.get("input_info", []))
     )
-    algorithms = tuple(_typed_algorithm(a) for a in _as_list(merged.get("compression", [])))
+    algorithms = tuple(algorithm_of(a) for a in _as_list(merged.get("compression", [])))
     return NNCFConfig(
         raw=copy.deepcopy(merged),
         input_info=input_info,
         target_device=merged.get("target_device", "ANY"),
         algorithms=algorithms,
         warnings=tuple(warnings),
-    )
-
-
-def _scopes(value: Any) -> tuple[str, ...]:
-    return tuple(_as_list(value)) if value is not None else ()
-
-
-def _typed_algorithm(algo: dict[str, Any]) -> Algorithm:
-    common = dict(
-        name=algo["algorithm"],
-        ignored_scopes=_scopes(algo.get("ignored_scopes")),
-        target_scopes=_scopes(algo.get("target_scopes")),
-        settings=copy.deepcopy(algo),
-    )
-    if algo["algorithm"] != "quantization":
-        return Algorithm(**common)
-    init = algo.get("initializer", {})
-    rng, bn = init.get("range", {}), init.get("batchnorm_adaptation", {})
-
-    def quantizer(key: str) -> QuantizerSettings:
-        q = algo.get(key, {})
-        return QuantizerSettings(
-            q.get("mode"), q.get("per_channel"), q.get("bits", 8), q.get("signed")
-        )
-
-    return Quantization(
-        **common,
-        preset=algo.get("preset", "performance"),
-        weights=quantizer("weights"),
-        activations=quantizer("activations"),
-        range_type=rng.get("type"),
-        num_init_steps=rng.get("num_init_steps"),
-        num_init_samples=rng.get("num_init_samples"),
-        num_bn_adaptation_steps=bn.get("num_bn_adaptation_steps"),
-        num_bn_adaptation_samples=bn.get("num_bn_adaptation_samples"),
     )
 
 

@@ -16,7 +16,7 @@ from mmengine.hooks import Hook
 from detcompress.compression import pipeline
 from detcompress.compression.schedules import PruningSchedule, SparsitySchedule
 from detcompress.compression.settings import progressive_pruning
-from detcompress.compression.state import SPARSITY_ALGORITHMS, state_of
+from detcompress.compression.state import state_of
 from detcompress.compression.statistics import statistics, statistics_table
 from detcompress.config.presets import NNCFConfig
 from detcompress.model.detector import unwrapped
@@ -28,10 +28,10 @@ class CompressionScheduleHook(Hook):
 
     def __init__(self, nncf_config: NNCFConfig) -> None:
         self.nncf_config = nncf_config
-        sparsity = next((a for a in nncf_config.algorithms if a.name in SPARSITY_ALGORITHMS), None)
+        sparsity = nncf_config.sparsity
         self.sparsity_algo = sparsity
         self.sparsity = SparsitySchedule.of(sparsity) if sparsity is not None else None
-        pruning = nncf_config.algorithm("filter_pruning")
+        pruning = nncf_config.filter_pruning
         self.pruning_algo = pruning
         self.pruning = (
             PruningSchedule.of(pruning)
@@ -41,24 +41,17 @@ class CompressionScheduleHook(Hook):
         self.statistics: dict[str, Any] = {}
         self.rb_loss: Any = None
         self._undo_speedups: Any = None
-        quantization = nncf_config.algorithm("quantization")
+        quantization = nncf_config.quantization
         # NNCF 2's quant start epochs: quantizers of that kind stay off before their epoch.
         self.quant_start = (
-            (
-                quantization.get("params.weights_quant_start_epoch"),
-                quantization.get("params.activations_quant_start_epoch"),
-            )
+            (quantization.weights_quant_start_epoch, quantization.activations_quant_start_epoch)
             if quantization is not None
             else (None, None)
         )
         self._quantizers_on: tuple[bool, bool] | None = None
         # NNCF 2's `steps_per_epoch`: what one epoch of the schedules is, in iterations.
         self.steps_per_epoch = next(
-            (
-                a.get("params.steps_per_epoch")
-                for a in nncf_config.algorithms
-                if a.get("params.steps_per_epoch") is not None
-            ),
+            (a.steps_per_epoch for a in nncf_config.algorithms if a.steps_per_epoch is not None),
             None,
         )
 
