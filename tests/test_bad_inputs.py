@@ -164,7 +164,7 @@ def test_nncf_filter_pruning_name_is_accepted() -> None:
 
 
 def test_signed_and_percentiles_reach_nncf() -> None:
-    from detcompress.compression.nncf_adapter import _quantizer_params, _range_estimator
+    from detcompress.compression.nncf_adapter import quantization_parameters, range_estimator
     from detcompress.config.presets import build_nncf_config
 
     nncf = build_nncf_config(
@@ -183,9 +183,9 @@ def test_signed_and_percentiles_reach_nncf() -> None:
         "test",
     )
     algo = nncf.algorithms[0]
-    assert _quantizer_params(algo.weights).signedness_to_force is True  # type: ignore[attr-defined]
-    assert _quantizer_params(algo.activations).signedness_to_force is None  # type: ignore[attr-defined]
-    estimator = _range_estimator(algo)  # type: ignore[arg-type]
+    assert quantization_parameters(algo.weights).signedness_to_force is True  # type: ignore[attr-defined]
+    assert quantization_parameters(algo.activations).signedness_to_force is None  # type: ignore[attr-defined]
+    estimator = range_estimator(algo)  # type: ignore[arg-type]
     assert estimator.min.quantile_outlier_prob == pytest.approx(0.01)
     assert estimator.max.quantile_outlier_prob == pytest.approx(0.005)
 

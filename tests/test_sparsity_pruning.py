@@ -123,11 +123,11 @@ def pruning_run(runs: dict[str, Any]) -> dict[str, Any]:
 def test_filter_pruning_follows_schedule_and_shrinks_the_model(
     runs: dict[str, Any], pruning_run: dict[str, Any]
 ) -> None:
-    from detcompress.compression.schedules import _exponential
+    from detcompress.compression.schedules import exponential_level
 
     work = pruning_run["work"]
     expected = {
-        epoch * ITERS_PER_EPOCH: pytest.approx(_exponential(0.1, 0.3, epoch / 3), abs=1e-4)
+        epoch * ITERS_PER_EPOCH: pytest.approx(exponential_level(0.1, 0.3, epoch / 3), abs=1e-4)
         for epoch in (1, 2, 3)
     }
     assert _level_changes(work) == expected

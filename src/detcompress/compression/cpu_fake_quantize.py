@@ -138,7 +138,7 @@ class FusedQuantizedFunctions:
         library.fq_task_elements.restype = _i64
         self._task_elements = int(library.fq_task_elements())
 
-    def _tasks(self, layout: tuple[int, int, int]) -> int:
+    def task_count(self, layout: tuple[int, int, int]) -> int:
         outer, channels, inner = layout
         return outer * channels * -(-inner // self._task_elements)
 
@@ -198,7 +198,7 @@ class FusedQuantizedFunctions:
         low = input_low.detach().contiguous()
         range_ = input_range.detach().contiguous()
         grad_x = torch.empty_like(x)
-        tasks = self._tasks(layout)
+        tasks = self.task_count(layout)
         # One buffer: per-task scratch (2 * tasks), then the range and low sums per channel.
         sums = torch.empty(2 * tasks + 2 * channels, dtype=torch.float64)
         self._lib.fq_backward(
@@ -248,7 +248,7 @@ class _SymmetricFakeQuantize(torch.autograd.Function):
         grad = grad_output.contiguous()
         grad_x = torch.empty_like(x)
         grad_scale = torch.empty_like(scale)
-        scratch = torch.empty(2 * kernels._tasks(layout) + 2 * channels, dtype=torch.float64)
+        scratch = torch.empty(2 * kernels.task_count(layout) + 2 * channels, dtype=torch.float64)
         kernels._lib.fq_symmetric_backward(
             grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), *layout, ranges.data_ptr(),
             ranges.data_ptr() + 4 * channels, level_high - level_low + 1, level_low, level_high,

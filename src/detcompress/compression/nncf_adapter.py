@@ -106,7 +106,7 @@ def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> lis
     ]
 
 
-def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
+def quantization_parameters(settings: QuantizerSettings) -> QuantizationParameters:
     mode = {"symmetric": QuantizationScheme.SYMMETRIC, "asymmetric": QuantizationScheme.ASYMMETRIC}
     return QuantizationParameters(
         num_bits=settings.bits,
@@ -116,7 +116,7 @@ def _quantizer_params(settings: QuantizerSettings) -> QuantizationParameters:
     )
 
 
-def _range_estimator(algo: Quantization) -> Any:
+def range_estimator(algo: Quantization) -> Any:
     """NNCF 3's range estimator for the preset's `initializer.range` (None: NNCF's default).
     Percentile ranges take `params.min_percentile` / `max_percentile` (percent, NNCF 2's
     meaning) as the outlier probabilities of the low and high quantiles."""
@@ -162,11 +162,11 @@ def quantize(
         ignored_names |= set(names) - targeted
     ignored_scope = nncf.IgnoredScope(names=sorted(ignored_names), validate=False)
     advanced = AdvancedQuantizationParameters(
-        weights_quantization_params=_quantizer_params(algo.weights),
-        activations_quantization_params=_quantizer_params(algo.activations),
+        weights_quantization_params=quantization_parameters(algo.weights),
+        activations_quantization_params=quantization_parameters(algo.activations),
         overflow_fix=OverflowFix(algo.overflow_fix) if algo.overflow_fix is not None else None,
     )
-    estimator = _range_estimator(algo)
+    estimator = range_estimator(algo)
     if estimator is not None:
         advanced.activations_range_estimator_params = estimator
     quantized = nncf.quantize(

@@ -28,7 +28,7 @@ from detcompress.config.algorithms import DEFAULT_POWER, FilterPruning, Sparsity
 from detcompress.errors import PresetError
 
 
-def _exponential(initial: float, target: float, progress: float) -> float:
+def exponential_level(initial: float, target: float, progress: float) -> float:
     progress = min(max(progress, 0.0), 1.0)
     if progress <= 0.0:
         return initial
@@ -97,7 +97,7 @@ class SparsitySchedule:
             return self.target
         progress = min(max(epoch / self.target_epoch, 0.0), 1.0)
         if self.kind == "exponential":
-            return _exponential(self.initial, self.target, progress)
+            return exponential_level(self.initial, self.target, progress)
         span = self.target - self.initial
         if self.concave:
             return self.initial + span * (1 - (1 - progress) ** self.power)
@@ -134,7 +134,7 @@ class PruningSchedule:
             return self.initial
         if self.kind == "baseline" or self.steps <= 0:
             return self.target
-        return _exponential(self.initial, self.target, (epoch - self.init_epochs) / self.steps)
+        return exponential_level(self.initial, self.target, (epoch - self.init_epochs) / self.steps)
 
     @property
     def last_change_epoch(self) -> int:

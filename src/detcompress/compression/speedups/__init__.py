@@ -62,13 +62,13 @@ def unavailable_reason() -> str | None:
             f"NNCF {nncf.__version__} is not a version they were verified with "
             f"({', '.join(VERIFIED_NNCF_VERSIONS)})"
         )
-    missing = _missing_symbols()
+    missing = missing_symbols()
     if missing:
         return f"NNCF {nncf.__version__} lacks {', '.join(missing)}"
     return None
 
 
-def _missing_symbols() -> list[str]:
+def missing_symbols() -> list[str]:
     missing = []
     for module_name, path in PRIVATE_SYMBOLS:
         try:
