@@ -18,6 +18,7 @@ HEADS = {
     "yolox": "yolox/yolox_tiny_8xb8-300e_coco.py",
     "ssdlite": "ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py",
     "retinanet": "retinanet/retinanet_r18_fpn_1x_coco.py",
+    "atss": "atss/atss_r50_fpn_1x_coco.py",  # centerness multiplies the scores
 }
 
 
@@ -65,8 +66,8 @@ def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
     # boxes reaching far below 0 can suppress boxes of the next class (a quirk the graph's
     # per-class NMS does not have); trained models rarely predict such boxes.
     stds = [1.0, 0.2]
-    if type(head).__name__ == "YOLOXHead":
-        groups.append([1] * len(sizes))
+    if type(head).__name__ in ("YOLOXHead", "ATSSHead"):  # objectness / centerness per prior
+        groups.append(per_level)
         stds.append(1.0)
     return [
         [
@@ -93,14 +94,15 @@ def _mmdet_detections(head: Any, outs: list[list[torch.Tensor]], limit: int) -> 
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_graph_detections_match_mmdet(kind: str, fmt: str, tmp_path: Path) -> None:
     from detcompress.deploy import onnx_backend, openvino_backend
-    from detcompress.deploy.graph import DeployableDetector, Preprocessing, nms_params
+    from detcompress.deploy.graph import DeployableDetector, Preprocessing
 
     head = _head(HEADS[kind], tmp_path)
     batch = 2
     outs = _random_outputs(head, batch)
     prep = Preprocessing(SIZE, SIZE, [0.0] * 3, [1.0] * 3, False, 0.0, 1, None, False)
     graph = DeployableDetector(_FixedHeadOutputs(head, outs), prep, decode_boxes=True).eval()
-    params = nms_params(head)
+    params = graph.nms
+    assert params is not None
     example = torch.zeros(batch, 3, SIZE, SIZE)
     with torch.no_grad():
         if fmt == "openvino":

@@ -17,7 +17,6 @@ from detcompress.deploy.graph import (
     DeployableDetector,
     NMSParams,
     Preprocessing,
-    nms_params,
     normalize,
     preprocessing_of,
 )
@@ -136,7 +135,7 @@ def export(
         detector = nncf_adapter.strip_for_export(detector, normalize(prep, example[:1]))
     detector.eval()
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
-    params = nms_params(detector.bbox_head) if postprocessing else None
+    params = graph.nms
     output_names = ["boxes", "scores"] if postprocessing else graph.raw_output_names
     precision = loaded.precision
     metadata = _metadata(loaded, prep, graph, params, precision, batch, dynamic_batch, formats)

@@ -19,7 +19,7 @@ from detcompress.errors import ConfigError, DetcompressError
 
 # Heads whose box decoding detcompress can put inside the graph (and why they differ):
 # YOLOX keeps one label per box (its best class); anchor heads keep every (box, class) pair.
-SUPPORTED_HEADS = ("YOLOXHead", "SSDHead", "RetinaHead", "AnchorHead")
+SUPPORTED_HEADS = ("YOLOXHead", "SSDHead", "RetinaHead", "ATSSHead", "AnchorHead")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,19 @@ def _round_up(value: int, divisor: int) -> int:
     return -(-int(value) // divisor) * divisor
 
 
-def nms_params(head: Any) -> NMSParams:
+# The NMS operation's threshold when the decoder already applied `score_thr`: it drops exactly
+# the candidates scored 0 (OpenVINO keeps scores >= threshold, ONNX Runtime scores > it).
+AFTER_DECODER_THRESHOLD = 1e-30
+
+
+def has_score_factors(head: Any, group_count: int) -> bool:
+    """Whether the head's third output group multiplies the scores (ATSS's centerness)."""
+    return group_count > 2 and output_groups(head, group_count)[2] == "score_factors"
+
+
+def nms_params(head: Any, score_threshold_applied: bool = False) -> NMSParams:
+    """NMS settings from the head's test_cfg; `score_threshold_applied`: the decoder applied
+    `score_thr` before multiplying score factors, so the NMS operation only drops zeros."""
     cfg = head.test_cfg or {}
     nms = cfg.get("nms") or {}
     if nms.get("type", "nms") != "nms":
@@ -126,7 +138,9 @@ def nms_params(head: Any) -> NMSParams:
     # applies it anyway, as the config asks, and COCO's metric counts 100 per image at most).
     limits = [int(v) for v in (nms.get("max_num"), cfg.get("max_per_img")) if v and int(v) > 0]
     return NMSParams(
-        score_threshold=float(cfg.get("score_thr", 0.0)),
+        score_threshold=(
+            AFTER_DECODER_THRESHOLD if score_threshold_applied else float(cfg.get("score_thr", 0.0))
+        ),
         iou_threshold=float(nms.get("iou_threshold", 0.5)),
         max_per_image=min(limits) if limits else -1,
         one_label_per_box=type(head).__name__ == "YOLOXHead",
@@ -170,9 +184,13 @@ class _YOLOXDecoder(nn.Module):
 
 
 class _AnchorDecoder(nn.Module):
-    """AnchorHead.predict_by_feat before NMS (RetinaNet, SSD): every (prior, class) pair is a
-    candidate, the best `nms_pre` of each level, as mmdet keeps them (the others score 0);
-    boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0."""
+    """AnchorHead.predict_by_feat before NMS (RetinaNet, SSD, ATSS): every (prior, class) pair
+    is a candidate, the best `nms_pre` of each level, as mmdet keeps them (the others score 0);
+    boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0.
+
+    Heads with score factors (ATSS's centerness) score `sigmoid(cls) * sigmoid(factor)` as mmdet
+    does, with `score_thr` applied to the class score before the product (so here, not by the
+    NMS operation: see `nms_params(score_threshold_applied=True)`)."""
 
     priors: torch.Tensor
 
@@ -185,12 +203,17 @@ class _AnchorDecoder(nn.Module):
         self.use_sigmoid = head.use_sigmoid_cls
         self.min_size = float((head.test_cfg or {}).get("min_bbox_size", -1))
         self.nms_pre = int((head.test_cfg or {}).get("nms_pre", -1))
+        self.score_thr = float((head.test_cfg or {}).get("score_thr", 0.0))
         self.limits = (float(width), float(height))
 
     def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         cls_scores, bbox_preds = outs[0], outs[1]
         n = cls_scores[0].shape[0]
         scores = torch.cat([self._level_scores(c, n) for c in cls_scores], 1)
+        if len(outs) > 2:  # score factors: one per prior
+            factors = torch.cat([f.permute(0, 2, 3, 1).reshape(n, -1) for f in outs[2]], 1)
+            kept = (scores > self.score_thr).to(scores.dtype)
+            scores = scores * kept * factors.sigmoid().unsqueeze(-1)
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
         # max_shape=None: mmdet's clamp path imports a module removed in mmdet 3 under ONNX export
         boxes = self.head_coder.decode(self.priors.expand(n, -1, -1), deltas, max_shape=None)
@@ -223,7 +246,8 @@ class _AnchorDecoder(nn.Module):
 
 class DeployableDetector(nn.Module):
     """image [N, 3, H, W] (BGR, 0..255) -> the head's outputs, flattened, or with
-    `decode_boxes` (boxes [N, M, 4] in input pixels, scores [N, C, M]) for an NMS operation."""
+    `decode_boxes` (boxes [N, M, 4] in input pixels, scores [N, C, M]) for an NMS operation
+    with the settings in `nms`."""
 
     def __init__(self, detector: nn.Module, prep: Preprocessing, decode_boxes: bool) -> None:
         super().__init__()
@@ -235,14 +259,17 @@ class DeployableDetector(nn.Module):
             outs = detector(example, mode="tensor")
         self.group_sizes = [len(group) for group in outs]
         self.groups = output_groups(head, len(outs))
+        self.nms: NMSParams | None = None
         self.decoder: nn.Module | None = None
         if decode_boxes:
             sizes = [tuple(t.shape[-2:]) for t in outs[0]]
             kind = type(head).__name__
             if kind == "YOLOXHead":
                 self.decoder = _YOLOXDecoder(head, sizes)
+                self.nms = nms_params(head)
             elif _is_plain_anchor_head(head):
                 self.decoder = _AnchorDecoder(head, sizes, prep.height, prep.width)
+                self.nms = nms_params(head, has_score_factors(head, len(outs)))
             else:
                 raise DetcompressError(
                     f"postprocessing inside the exported graph is not available for {kind} "
