@@ -65,12 +65,16 @@ class QuantizationSummary:
     ignored_unmatched: list[str] = field(default_factory=list)
     target_matched: dict[str, list[str]] = field(default_factory=dict)
     target_unmatched: list[str] = field(default_factory=list)
+    float_normalization: dict[str, int] = field(default_factory=dict)  # layer kind -> ops
 
     def lines(self) -> list[str]:
         out = [
             f"quantizers: {self.weight_quantizers} on weights, "
             f"{self.activation_quantizers} on activations"
         ]
+        if self.float_normalization:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self.float_normalization.items())
+            out.append(f"normalization arithmetic kept in float (operations): {kinds}")
         for kind, matched, unmatched in (
             ("ignored", self.ignored_matched, self.ignored_unmatched),
             ("target", self.target_matched, self.target_unmatched),
@@ -89,21 +93,55 @@ class QuantizationSummary:
             "ignored_unmatched": list(self.ignored_unmatched),
             "target_matched": {k: len(v) for k, v in self.target_matched.items()},
             "target_unmatched": list(self.target_unmatched),
+            "float_normalization": dict(self.float_normalization),
         }
 
 
-def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Operation names of the traced model, as `ignored_scopes` must spell them: no inputs,
-    outputs or constants (`nncf_model_*` nodes), nor operations inside NNCF's own hook modules
-    (sparsity masks applied before quantization), which scopes must not count as matches."""
+def graph_nodes(model: torch.nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """(name, type) of the traced model's operations, named as `ignored_scopes` must spell
+    them: no inputs, outputs or constants (`nncf_model_*` nodes), nor operations inside NNCF's
+    own hook modules (sparsity masks applied before quantization), which scopes must not count
+    as matches."""
     graph = nncf.build_graph(model, example_input=example_input)
     return [
-        node.node_name
+        (node.node_name, node.node_type)
         for node in graph.get_all_nodes()
         if not node.node_type.startswith("nncf_model_")
         and "pre_hook__" not in node.node_name
         and "post_hook__" not in node.node_name
     ]
+
+
+def graph_node_names(model: torch.nn.Module, example_input: torch.Tensor) -> list[str]:
+    return [name for name, _ in graph_nodes(model, example_input)]
+
+
+# Normalization arithmetic stays in float (not quantized), whatever the preset says:
+# - GroupNorm (FCOS and ATSS heads): with weights.per_channel, NNCF 3.4 gives GN's affine weight
+#   a per-channel quantizer but collects per-tensor statistics for it, and range initialization
+#   crashes ("shape '[256]' is invalid for input of size 1"); NNCF's own CPU/GPU presets keep
+#   normalization statistics in float as well.
+# - mmdet's L2Norm (SSD300's neck): int8 rounds small sums of squares to 0 and `x / norm`
+#   becomes inf/NaN from the first QAT iteration.
+FLOAT_OPERATION_TYPES = ("group_norm",)
+
+
+def float_normalization(
+    model: torch.nn.Module, nodes: list[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """The operations of the normalization layers kept in float, by layer kind."""
+    from mmdet.models.necks.ssd_neck import L2Norm
+
+    prefixes = tuple(
+        name.replace(".", "/") + "/"
+        for name, module in model.named_modules()
+        if isinstance(module, L2Norm) and name
+    )
+    found = {
+        "GroupNorm": [name for name, kind in nodes if kind in FLOAT_OPERATION_TYPES],
+        "L2Norm": [name for name, _ in nodes if prefixes and name.startswith(prefixes)],
+    }
+    return {kind: names for kind, names in found.items() if names}
 
 
 def quantization_parameters(settings: QuantizerSettings) -> QuantizationParameters:
@@ -144,11 +182,18 @@ def quantize(
     speedups.use_fused_cpu_kernels()
     dataset = nncf.Dataset(batches, to_inputs)
     example = to_inputs(batches[0])
-    names = graph_node_names(detector, example)
+    nodes = graph_nodes(detector, example)
+    names = [name for name, _ in nodes]
     ignored = list(algo.ignored_scopes) + list(algo.activations_ignored_scopes)
     matched, unmatched = match_scopes(ignored, names)
-    summary = QuantizationSummary(ignored_matched=matched, ignored_unmatched=unmatched)
+    in_float = float_normalization(detector, nodes)
+    summary = QuantizationSummary(
+        ignored_matched=matched,
+        ignored_unmatched=unmatched,
+        float_normalization={kind: len(ops) for kind, ops in in_float.items()},
+    )
     ignored_names = {n for hits in matched.values() for n in hits}
+    ignored_names |= {n for ops in in_float.values() for n in ops}
     if algo.target_scopes:
         # NNCF 3 has no target scope: every operation outside the targets is ignored instead.
         targets, target_unmatched = match_scopes(algo.target_scopes, names)
