@@ -29,6 +29,13 @@ class OutputExistsError(DetcompressError):
     """An output that already exists and would be overwritten without --force."""
 
 
+class TrainingDivergedError(DetcompressError):
+    """Training produced a non-finite loss or weights: not a usage mistake, but one the user
+    can address (learning rate, clipping, starting point)."""
+
+    exit_code = 1
+
+
 class NotAvailableError(DetcompressError):
     """A command or feature that this version of detcompress does not provide yet."""
 

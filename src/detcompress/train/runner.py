@@ -1,8 +1,9 @@
-"""mmengine Runner construction and detcompress's hooks.
+"""mmengine Runner construction and the run itself.
 
 The Runner gets the config as the user wrote it, with detcompress's overrides applied
-(work dir, load_from, schedule length) and two hooks: one that keeps checkpoints
-self-describing and loadable with `weights_only=True`, one that records validation metrics.
+(work dir, load_from, schedule length) and detcompress's hooks (`hooks.py`): checkpoints that
+describe themselves and load with `weights_only=True`, the validation metrics, and a stop at
+the first non-finite loss or weight.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmengine.hooks import Hook
-
 from detcompress import __version__, console
 from detcompress.errors import ConfigError
 from detcompress.files import latest_checkpoint
-from detcompress.model import detector
-from detcompress.model.checkpoint import (
-    from_safe_message_hub,
-    plain,
-    to_safe_message_hub,
-)
 from detcompress.patches import atomic_checkpoint_saves, mmengine_loads_checkpoints_safely
 from detcompress.train import allocator
+from detcompress.train.hooks import (
+    FiniteValuesHook,
+    MetricsRecorderHook,
+    SelfDescribingCheckpointHook,
+    SyncNormStatsHook,
+)
 
 
 def package_versions(*extra: str) -> dict[str, str]:
@@ -50,75 +49,6 @@ def package_versions(*extra: str) -> dict[str, str]:
         except PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-class SelfDescribingCheckpointHook(Hook):
-    """Adds detcompress's meta to every checkpoint (with the compression structure as it is at
-    saving time) and stores the message hub in plain types, so that the checkpoint loads with
-    torch's `weights_only=True`."""
-
-    priority = "VERY_LOW"  # after mmengine's own hooks have filled the checkpoint
-
-    def __init__(
-        self, meta: dict[str, Any], structure: Callable[[Any], dict[str, Any] | None]
-    ) -> None:
-        self.meta = meta
-        self.structure = structure
-
-    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        model = detector.unwrapped(runner.model)
-        structure = self.structure(model)
-        meta = {**self.meta, "compressed": structure is not None, "structure": structure}
-        checkpoint.setdefault("meta", {})["detcompress"] = plain(meta)
-        if "message_hub" in checkpoint:
-            checkpoint["message_hub"] = to_safe_message_hub(checkpoint["message_hub"])
-
-    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        if isinstance(checkpoint.get("message_hub"), dict):
-            from_safe_message_hub(checkpoint["message_hub"])
-
-
-class MetricsRecorderHook(Hook):
-    """Keeps the metrics of the latest validation and the iteration they belong to."""
-
-    priority = "LOW"
-
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-        self.iteration: int | None = None
-
-    def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
-        self.metrics = {k: float(v) for k, v in (metrics or {}).items()}
-        self.iteration = runner.iter
-
-
-def norm_buffers(model: Any) -> list[Any]:
-    """The floating-point buffers of the batch-norm layers (running mean and variance)."""
-    from torch.nn.modules.batchnorm import _NormBase
-
-    return [
-        buffer
-        for module in model.modules()
-        if isinstance(module, _NormBase)
-        for buffer in module.buffers(recurse=False)
-        if buffer.is_floating_point()
-    ]
-
-
-class SyncNormStatsHook(Hook):
-    """Average the batch-norm running statistics over the ranks after every training
-    iteration, so that validation (sharded over the ranks) and the checkpoint (written by rank
-    0) see one model. One coalesced all-reduce of a few KB per iteration beside DDP's
-    gradients."""
-
-    priority = "NORMAL"  # before CheckpointHook (VERY_LOW) and before validation
-
-    def after_train_iter(
-        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
-    ) -> None:
-        from mmengine.dist import all_reduce_params
-
-        all_reduce_params(norm_buffers(runner.model), coalesce=True, op="mean")
 
 
 @dataclass
@@ -381,6 +311,7 @@ def _run(
         SelfDescribingCheckpointHook({**meta, "versions": package_versions()}, structure)
     )
     runner.register_hook(recorder)
+    runner.register_hook(FiniteValuesHook())
     for hook in hooks or []:
         runner.register_hook(hook)
     if runner.distributed:

@@ -1,0 +1,165 @@
+"""detcompress's own Runner hooks: checkpoints that describe themselves and load with
+`weights_only=True`, the metrics of the latest validation, batch-norm statistics kept equal
+over the ranks, and a stop at the first non-finite loss or weight. (The compression schedules'
+hook is `compression_hook.py`.)"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from mmengine.hooks import Hook
+
+from detcompress.errors import TrainingDivergedError
+from detcompress.model import detector
+from detcompress.model.checkpoint import from_safe_message_hub, plain, to_safe_message_hub
+
+
+class SelfDescribingCheckpointHook(Hook):
+    """Adds detcompress's meta to every checkpoint (with the compression structure as it is at
+    saving time) and stores the message hub in plain types, so that the checkpoint loads with
+    torch's `weights_only=True`."""
+
+    priority = "VERY_LOW"  # after mmengine's own hooks have filled the checkpoint
+
+    def __init__(
+        self, meta: dict[str, Any], structure: Callable[[Any], dict[str, Any] | None]
+    ) -> None:
+        self.meta = meta
+        self.structure = structure
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        model = detector.unwrapped(runner.model)
+        structure = self.structure(model)
+        meta = {**self.meta, "compressed": structure is not None, "structure": structure}
+        checkpoint.setdefault("meta", {})["detcompress"] = plain(meta)
+        if "message_hub" in checkpoint:
+            checkpoint["message_hub"] = to_safe_message_hub(checkpoint["message_hub"])
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        if isinstance(checkpoint.get("message_hub"), dict):
+            from_safe_message_hub(checkpoint["message_hub"])
+
+
+class MetricsRecorderHook(Hook):
+    """Keeps the metrics of the latest validation and the iteration they belong to."""
+
+    priority = "LOW"
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self.iteration: int | None = None
+
+    def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+        self.metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        self.iteration = runner.iter
+
+
+def norm_buffers(model: Any) -> list[Any]:
+    """The floating-point buffers of the batch-norm layers (running mean and variance)."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return [
+        buffer
+        for module in model.modules()
+        if isinstance(module, _NormBase)
+        for buffer in module.buffers(recurse=False)
+        if buffer.is_floating_point()
+    ]
+
+
+class SyncNormStatsHook(Hook):
+    """Average the batch-norm running statistics over the ranks after every training
+    iteration, so that validation (sharded over the ranks) and the checkpoint (written by rank
+    0) see one model. One coalesced all-reduce of a few KB per iteration beside DDP's
+    gradients."""
+
+    priority = "NORMAL"  # before CheckpointHook (VERY_LOW) and before validation
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        from mmengine.dist import all_reduce_params
+
+        all_reduce_params(norm_buffers(runner.model), coalesce=True, op="mean")
+
+
+# What to try when training diverges, in the order most likely to help.
+DIVERGENCE_ADVICE = (
+    "try a lower learning rate (--cfg-options optim_wrapper.optimizer.lr=...), gradient "
+    "clipping (--cfg-options 'optim_wrapper.clip_grad={max_norm: 10}'), or start from a "
+    "longer-trained checkpoint"
+)
+
+
+class FiniteValuesHook(Hook):
+    """Stops training at the first non-finite value, naming the iteration and where it
+    appeared, and refuses to save a checkpoint holding non-finite weights, so that a diverged
+    run never ends as a 'successful' checkpoint of NaNs. The head's outputs are checked as
+    they are computed: with diverged weights, mmdet's assigners fail on them before any loss
+    exists (YOLOX's SimOTA: "all elements of input should be between 0 and 1")."""
+
+    priority = "NORMAL"  # before CheckpointHook (VERY_LOW) saves this iteration
+
+    def __init__(self) -> None:
+        self._runner: Any = None
+        self._handle: Any = None
+
+    def before_train(self, runner: Any) -> None:
+        self._runner = runner
+        head = getattr(detector.unwrapped(runner.model), "bbox_head", None)
+        if head is not None:
+            self._handle = head.register_forward_hook(self._check_head_outputs)
+
+    def after_train(self, runner: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _check_head_outputs(self, module: Any, inputs: Any, outputs: Any) -> None:
+        import torch
+
+        if not module.training or self._runner is None:
+            return
+        pending = [outputs]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, (list, tuple)):
+                pending.extend(item)
+            elif isinstance(item, torch.Tensor) and not bool(torch.isfinite(item).all()):
+                raise TrainingDivergedError(
+                    f"iteration {self._runner.iter + 1}: the head's outputs hold NaN or inf "
+                    f"(the weights diverged); training stopped, and no checkpoint of it was "
+                    f"written; {DIVERGENCE_ADVICE}"
+                )
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        values = dict(outputs or {})
+        terms = [k for k in values if k != "loss"] + (["loss"] if "loss" in values else [])
+        for name in terms:
+            value = values[name]
+            value = float(value.detach()) if hasattr(value, "detach") else float(value)
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"iteration {runner.iter + 1}: {name} is {value}; training stopped, and no "
+                    f"checkpoint of it was written; {DIVERGENCE_ADVICE}"
+                )
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        import torch
+
+        bad = [
+            name
+            for name, tensor in checkpoint.get("state_dict", {}).items()
+            if isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor).all())
+        ]
+        if bad:
+            raise TrainingDivergedError(
+                f"iteration {runner.iter}: {len(bad)} weight tensors hold NaN or inf ({bad[0]}, "
+                f"...); the checkpoint was not written; {DIVERGENCE_ADVICE}"
+            )
