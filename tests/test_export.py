@@ -232,3 +232,26 @@ def test_input_shape_not_divisible_is_refused(checkpoints: dict, tmp_path: Path)
     assert result.exit_code == 2
     assert "--input-shape 100 96: not divisible by 32" in result.output
     assert "128 96" in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_twin_must_also_score_alike() -> None:
+    from detcompress.deploy.verify import detection_agreement
+
+    reference = [np.array([[0, 0.9, 0, 0, 10, 10]])]
+    same = [np.array([[0, 0.9, 0, 0, 10, 10]])]
+    other_score = [np.array([[0, 0.5, 0, 0, 10, 10]])]  # same label and box
+    assert detection_agreement(reference, same, 0.05, "fp32", -1) == (1.0, 2)
+    assert detection_agreement(reference, other_score, 0.05, "fp32", -1) == (0.0, 2)
+
+
+@pytest.mark.slow
+def test_model_with_non_finite_outputs_is_not_exported(checkpoints: dict, tmp_path: Path) -> None:
+    ckpt = torch.load(checkpoints["fp32"], map_location="cpu", weights_only=True)
+    first_conv = next(k for k, v in ckpt["state_dict"].items() if v.dim() == 4)
+    ckpt["state_dict"][first_conv][0] = float("nan")  # one filter: NaN spreads downstream
+    diverged = tmp_path / "diverged.pth"
+    torch.save(ckpt, diverged)
+    result = _invoke("export", diverged, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "hold NaN or inf" in result.output and "export refused" in result.output
+    assert not (tmp_path / "out").exists()

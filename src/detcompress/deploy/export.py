@@ -22,6 +22,7 @@ from detcompress.deploy.graph import (
 )
 from detcompress.deploy.verify import (
     DETECTION_SCORE_MARGIN,
+    MIN_DETECTIONS_COMPARED,
     pytorch_reference,
     repeat_to,
     verification_batch,
@@ -158,9 +159,10 @@ def export(
             path = tmp / FORMATS[fmt]
             console.log.info(f"exporting {fmt}: {out_dir / path.name}")
             _write(fmt, spec, path)
-            verification[fmt] = verify_export(
-                fmt, path, images, chunk, reference, precision, params, min_score
-            )
+            check = verify_export(fmt, path, images, chunk, reference, precision, params, min_score)
+            if params is not None and check["detections_checked"] < MIN_DETECTIONS_COMPARED:
+                check = _verify_network_too(fmt, check, spec, images, chunk, precision)
+            verification[fmt] = check
             console.log.info(f"verified {fmt}: {verification[fmt]['summary']}")
             files[fmt] = out_dir / path.name
         metadata["verification"] = {
@@ -261,3 +263,34 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
     if spec.params is not None:
         onnx_backend.append_nms(path, spec.params)
     onnx_backend.set_metadata(path, spec.metadata)
+
+
+def _verify_network_too(
+    fmt: str,
+    check: dict[str, Any],
+    spec: _GraphToWrite,
+    images: torch.Tensor,
+    chunk: int,
+    precision: str,
+) -> dict[str, Any]:
+    """Too few detections to compare (an untrained model): the same network, exported without
+    postprocessing to a scratch folder, must also match PyTorch's raw outputs."""
+    import dataclasses
+    import tempfile
+
+    raw_graph = DeployableDetector(spec.graph.detector, spec.graph.prep, decode_boxes=False)
+    raw_graph.eval()
+    raw_spec = dataclasses.replace(
+        spec, graph=raw_graph, output_names=raw_graph.raw_output_names, params=None, metadata={}
+    )
+    reference = pytorch_reference(raw_graph, raw_graph.detector, raw_graph.prep, images, 0.0)
+    with tempfile.TemporaryDirectory(prefix="detcompress_verify_") as scratch:
+        path = Path(scratch) / FORMATS[fmt]
+        _write(fmt, raw_spec, path)
+        raw = verify_export(fmt, path, images, chunk, reference, precision, None, 0.0)
+    return {
+        **check,
+        "raw_outputs": {k: v for k, v in raw.items() if k != "summary"},
+        "summary": f"{check['summary']}; too few to say much, so the network's raw outputs were "
+        f"compared too: {raw['summary']}",
+    }
