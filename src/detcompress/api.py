@@ -224,6 +224,8 @@ def compress(
     """Build the detector, load `load_from`, compress it as the nncf_config says (or rebuild the
     compression of a detcompress checkpoint), then fine-tune it through mmengine's Runner;
     with a launcher other than 'none', as one of the processes of a distributed run."""
+    # Long on purpose: the steps in the order they must run (checks, processes, model,
+    # compression, Runner), in one place so that the order stays visible.
     from detcompress.model import detector
     from detcompress.model.checkpoint import load_checkpoint
     from detcompress.train import distributed
@@ -440,6 +442,7 @@ def resume(
     """Continue a detcompress run from its checkpoint alone: config, data, model and
     compression come from the checkpoint; iteration, optimizer and LR state too. Any number of
     processes can resume a run of any number of processes."""
+    # Long on purpose: as compress, the steps in the order they must run.
     from detcompress.config.presets import build_nncf_config, read_preset_file, resolve_preset
     from detcompress.config.stored import read_stored_config
     from detcompress.model import detector

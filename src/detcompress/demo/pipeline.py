@@ -81,6 +81,7 @@ def run_demo(
 ) -> Path:
     """Every step of the demo; returns the path of report.md. `qat_options`: more
     --cfg-options for the QAT step (the tests' fast calibration)."""
+    # Long on purpose: the demo is a script of CLI steps, read top to bottom.
     start = time.perf_counter()
     demo = DemoRun(workspace)
     config = workspace / "configs" / "demo.py"

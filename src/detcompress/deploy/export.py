@@ -117,6 +117,9 @@ def export(
     trust_checkpoint: bool = False,
     verify_images: int = 4,
 ) -> ExportResult:
+    """`checkpoint` exported to each of `to`'s formats, verified, in `out` (atomically)."""
+    # Long on purpose: the export steps in order (load, graph, reference, then write and
+    # verify each format).
     formats = formats_of(to)
     out_dir = _checked_output(checkpoint, out, batch, dynamic_batch, force)
 

@@ -71,6 +71,8 @@ def evaluate(
     show_dir: Path | None = None,
     trust_checkpoint: bool = False,
 ) -> EvalResult:
+    """mAP of a checkpoint, IR or ONNX model through mmengine's test loop."""
+    # Long on purpose: one path for three model kinds (.pth, IR, ONNX), a few lines each.
     kind = model_kind(target)
     from detcompress.model.detector import openvino_device_name
 

@@ -508,6 +508,8 @@ def speed_up_training(model: torch.nn.Module) -> Callable[[], None]:
       same hooks).
     Patched on the instances as bound methods (a deep copy, e.g. mmengine's EMA model, rebinds
     them to itself); returns the function that removes the patches."""
+    # Long on purpose: the docstring explains each speed-up; the body installs them and
+    # builds one undo.
     from nncf.torch.function_hook.hook_executor_mode import disable_function_hook_mode
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.layers import SymmetricQuantizer
