@@ -29,7 +29,7 @@ def test_training_stops_at_the_first_non_finite_loss(tiny_workspace: Path, tmp_p
     assert "training stopped" in errors[0] and "lower learning rate" in errors[0]
     # With diverged weights, YOLOX's assigner fails on the head's outputs before a loss exists
     # (a traceback before this guard): the outputs are checked as they are computed.
-    assert "the head's outputs hold NaN or inf" in errors[0] or " is nan" in errors[0]
+    assert "the head's outputs hold NaN" in errors[0] or " is nan" in errors[0]
     iteration = int(errors[0].split("iteration ")[1].split(":")[0])
     assert iteration >= 2  # the first step computes its loss on the initial weights
     saved = sorted(p.name for p in work_dir.glob("iter_*.pth"))

@@ -94,11 +94,11 @@ DIVERGENCE_ADVICE = (
 
 
 class FiniteValuesHook(Hook):
-    """Stops training at the first non-finite value, naming the iteration and where it
-    appeared, and refuses to save a checkpoint holding non-finite weights, so that a diverged
-    run never ends as a 'successful' checkpoint of NaNs. The head's outputs are checked as
-    they are computed: with diverged weights, mmdet's assigners fail on them before any loss
-    exists (YOLOX's SimOTA: "all elements of input should be between 0 and 1")."""
+    """Stops training at the first non-finite loss or NaN head output, naming the iteration
+    and where it appeared, and refuses to save a checkpoint holding non-finite weights, so that
+    a diverged run never ends as a 'successful' checkpoint of NaNs. The head's outputs are
+    checked as they are computed: with diverged weights, mmdet's assigners fail on them before
+    any loss exists (YOLOX's SimOTA: "all elements of input should be between 0 and 1")."""
 
     priority = "NORMAL"  # before CheckpointHook (VERY_LOW) saves this iteration
 
@@ -127,9 +127,11 @@ class FiniteValuesHook(Hook):
             item = pending.pop()
             if isinstance(item, (list, tuple)):
                 pending.extend(item)
-            elif isinstance(item, torch.Tensor) and not bool(torch.isfinite(item).all()):
+            elif isinstance(item, torch.Tensor) and bool(torch.isnan(item).any()):
+                # NaN only: an infinite logit still has a finite loss (sigmoid(inf) is 1), and
+                # randomly initialized models produce them in their first QAT steps.
                 raise TrainingDivergedError(
-                    f"iteration {self._runner.iter + 1}: the head's outputs hold NaN or inf "
+                    f"iteration {self._runner.iter + 1}: the head's outputs hold NaN "
                     f"(the weights diverged); training stopped, and no checkpoint of it was "
                     f"written; {DIVERGENCE_ADVICE}"
                 )
