@@ -83,10 +83,6 @@ def configure(verbosity: int = DEFAULT) -> None:
             warnings.filterwarnings("ignore", message=message, category=category)
 
 
-def verbosity() -> int:
-    return _verbosity
-
-
 class MMEngineTerminalFilter(logging.Filter):
     """Decides which of mmengine's log records reach the terminal (the log file gets all):
     warnings and errors; detcompress's own lines; training progress, thinned to about

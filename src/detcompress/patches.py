@@ -185,31 +185,28 @@ def mmengine_loads_checkpoints_safely(trust: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def mmengine_terminal_filtered(terminal_filter: Any) -> Iterator[None]:
-    """While active, `terminal_filter` (a `logging.Filter`, or None for no change) sits on the
-    terminal handler of every MMLogger, existing or made meanwhile; removed after."""
-    if terminal_filter is None:
-        yield
-        return
+    """While active, `terminal_filter` (a `logging.Filter`) sits on the terminal handler of
+    every MMLogger, existing or made meanwhile; removed after."""
     import logging
 
     from mmengine.logging import MMLogger
 
-    def terminal_handlers(logger: Any) -> list[Any]:
-        return [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    filtered: list[Any] = []
+
+    def attach(logger: Any) -> None:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:  # the terminal, not the log file
+                handler.addFilter(terminal_filter)
+                filtered.append(handler)
 
     original_init = MMLogger.__init__
-    filtered: list[Any] = []
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        for handler in terminal_handlers(self):
-            handler.addFilter(terminal_filter)
-            filtered.append(handler)
+        attach(self)
 
     for logger in list(MMLogger._instance_dict.values()):
-        for handler in terminal_handlers(logger):
-            handler.addFilter(terminal_filter)
-            filtered.append(handler)
+        attach(logger)
     MMLogger.__init__ = init
     try:
         yield

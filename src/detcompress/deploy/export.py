@@ -157,6 +157,7 @@ def export(
         None if dynamic_batch else batch,
         fp16_weights,
     )
+    network: tuple[_GraphToWrite, Any] | None = None  # raw outputs, when detections are few
     with atomic_dir(out_dir, replace=force) as tmp:
         for fmt in formats:
             path = tmp / FORMATS[fmt]
@@ -164,7 +165,9 @@ def export(
             _write(fmt, spec, path)
             check = verify_export(fmt, path, images, chunk, reference, precision, params, min_score)
             if params is not None and check["detections_checked"] < MIN_DETECTIONS_COMPARED:
-                check = _verify_network_too(fmt, check, spec, images, chunk, precision)
+                if network is None:  # once for all formats
+                    network = _network_reference(spec, images)
+                check = _verify_network_too(fmt, check, network, images, chunk, precision)
             verification[fmt] = check
             console.log.info(f"verified {fmt}: {verification[fmt]['summary']}")
             files[fmt] = out_dir / path.name
@@ -268,25 +271,31 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
     onnx_backend.set_metadata(path, spec.metadata)
 
 
-def _verify_network_too(
-    fmt: str,
-    check: dict[str, Any],
-    spec: _GraphToWrite,
-    images: torch.Tensor,
-    chunk: int,
-    precision: str,
-) -> dict[str, Any]:
-    """Too few detections to compare (an untrained model): the same network, exported without
-    postprocessing to a scratch folder, must also match PyTorch's raw outputs."""
+def _network_reference(spec: _GraphToWrite, images: torch.Tensor) -> tuple[_GraphToWrite, Any]:
+    """The same network without postprocessing, and PyTorch's raw outputs of it."""
     import dataclasses
-    import tempfile
 
     raw_graph = DeployableDetector(spec.graph.detector, spec.graph.prep, decode_boxes=False)
     raw_graph.eval()
     raw_spec = dataclasses.replace(
         spec, graph=raw_graph, output_names=raw_graph.raw_output_names, params=None, metadata={}
     )
-    reference = pytorch_reference(raw_graph, raw_graph.detector, raw_graph.prep, images, 0.0)
+    return raw_spec, pytorch_reference(raw_graph, raw_graph.detector, raw_graph.prep, images, 0.0)
+
+
+def _verify_network_too(
+    fmt: str,
+    check: dict[str, Any],
+    network: tuple[_GraphToWrite, Any],
+    images: torch.Tensor,
+    chunk: int,
+    precision: str,
+) -> dict[str, Any]:
+    """Too few detections to compare (an untrained model): the same network, exported without
+    postprocessing to a scratch folder, must also match PyTorch's raw outputs."""
+    import tempfile
+
+    raw_spec, reference = network
     with tempfile.TemporaryDirectory(prefix="detcompress_verify_") as scratch:
         path = Path(scratch) / FORMATS[fmt]
         _write(fmt, raw_spec, path)

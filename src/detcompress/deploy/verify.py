@@ -17,7 +17,6 @@ from detcompress.deploy.graph import (
     DeployableDetector,
     NMSParams,
     Preprocessing,
-    nms_params,
     normalize,
     pad_batch,
 )
@@ -108,7 +107,8 @@ def pytorch_reference(
         if not postprocessing:
             noisy = [t.numpy() for t in graph(noisy_images)]
             return _Reference(raw=outputs, noise_mean_abs_diff=_mean_abs_diff(outputs, noisy))
-    limit = nms_params(detector.bbox_head).max_per_image
+    assert graph.nms is not None  # postprocessing: the graph carries its NMS settings
+    limit = graph.nms.max_per_image
     clean = _predict(detector, prep, images, limit)
     agreement = 1.0
     for draw in range(INT8_NOISE_DRAWS):
