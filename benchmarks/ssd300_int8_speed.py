@@ -21,32 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIG = """\
-_base_ = 'mmdet::ssd/ssd300_coco.py'
-data_root = '{data}/'
-metainfo = dict(classes={classes!r})
-model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=80))
-pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=(300, 300), keep_ratio=False),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
-                 ann_file='annotations/train.json', data_prefix=dict(img='train/')))
-val_dataloader = dict(_delete_=True, batch_size=2, num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, pipeline=pipeline,
-                 ann_file='annotations/val.json', data_prefix=dict(img='val/'), test_mode=True))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
-test_evaluator = val_evaluator
-custom_hooks = []
-"""
-
 
 def detcompress(*args: str, cpus: str | None = None) -> None:
     script = Path(sys.executable).with_name("detcompress")
@@ -85,6 +59,7 @@ def main() -> None:
         "--cpus", help="run the measurements pinned to these CPUs (taskset list, e.g. 0,1)"
     )
     args = parser.parse_args()
+    from detcompress.demo.stock import TEMPLATE
     from detcompress.demo.workspace import DemoSpec, init_demo
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +71,16 @@ def main() -> None:
             )
         classes = with_80_classes(work / "ws" / "data")
         config = work / "ssd300.py"
-        config.write_text(CONFIG.format(data=work / "ws" / "data", classes=tuple(classes)))
+        config.write_text(
+            TEMPLATE.format(
+                base="ssd/ssd300_coco.py",
+                data=work / "ws" / "data",
+                size=300,
+                model="backbone=dict(init_cfg=None), bbox_head=dict(num_classes=80)",
+                batch=2,
+                classes=tuple(classes),
+            )
+        )
         calibration = [
             "nncf_config.compression.initializer.range.num_init_steps=8",
             "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=0",

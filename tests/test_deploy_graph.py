@@ -19,6 +19,8 @@ HEADS = {
     "ssdlite": "ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py",
     "retinanet": "retinanet/retinanet_r18_fpn_1x_coco.py",
     "atss": "atss/atss_r50_fpn_1x_coco.py",  # centerness multiplies the scores
+    "fcos": "fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",  # points, distances, centerness
+    "yolov3": "yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py",  # one map: box, objectness, class
 }
 
 
@@ -61,21 +63,29 @@ def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
     sizes = [(max(1, SIZE // s),) * 2 for s in strides]
     priors = getattr(head, "num_base_priors", 1)
     per_level = priors if isinstance(priors, list) else [priors] * len(sizes)
-    groups = [[head.cls_out_channels * p for p in per_level], [4 * p for p in per_level]]
+
+    def randn(channels: int, hw: tuple[int, int]) -> torch.Tensor:
+        return torch.randn(batch, channels, *hw, generator=generator)
+
+    kind = type(head).__name__
+    if kind == "YOLOV3Head":  # per anchor: x, y, w, h, objectness, classes
+        maps = []
+        for p, hw in zip(per_level, sizes, strict=True):
+            level = randn(p * head.num_attrib, hw).reshape(batch, p, head.num_attrib, *hw)
+            level[:, :, 2:4] = level[:, :, 2:4] * 0.2 - 2.0  # boxes within the image (see below)
+            maps.append(level.reshape(batch, -1, *hw))
+        return [maps]
+    classes = [randn(head.cls_out_channels * p, hw) for p, hw in zip(per_level, sizes, strict=True)]
     # Small box deltas: mmdet's class-aware NMS offsets boxes by class * (max coordinate + 1), so
     # boxes reaching far below 0 can suppress boxes of the next class (a quirk the graph's
     # per-class NMS does not have); trained models rarely predict such boxes.
-    stds = [1.0, 0.2]
-    if type(head).__name__ in ("YOLOXHead", "ATSSHead"):  # objectness / centerness per prior
-        groups.append(per_level)
-        stds.append(1.0)
-    return [
-        [
-            torch.randn(batch, channels, *hw, generator=generator) * std
-            for channels, hw in zip(level_channels, sizes, strict=True)
-        ]
-        for level_channels, std in zip(groups, stds, strict=True)
-    ]
+    boxes = [randn(4 * p, hw) * 0.2 for p, hw in zip(per_level, sizes, strict=True)]
+    if kind == "FCOSHead":  # distances to the box sides, in pixels, after the head's exp
+        boxes = [(b * 5).exp() * 4 for b in boxes]
+    groups = [classes, boxes]
+    if kind in ("YOLOXHead", "ATSSHead", "FCOSHead"):  # objectness / centerness per prior
+        groups.append([randn(p, hw) for p, hw in zip(per_level, sizes, strict=True)])
+    return groups
 
 
 def _mmdet_detections(head: Any, outs: list[list[torch.Tensor]], limit: int) -> list[np.ndarray]:

@@ -5,7 +5,8 @@ Each is applied as a context manager or returns its undo, and says why. The inve
 - `apply_mmdet_workarounds` (undo: `undo_mmdet_workarounds`): `SSDHead.loss_cls = None`;
   mmdet 3.3.0's predict mode reads it (mmdet issues #11063, #11305). Process-wide, idempotent.
 - `route_head_through_module`: a detector's `_forward` calls `bbox_head(x)`, not
-  `bbox_head.forward(x)`, so NNCF finds the head's quantizers in every mode. One model.
+  `bbox_head.forward(x)`, so NNCF finds the head's quantizers in every mode; a two-stage
+  detector's `_forward` runs without data samples (image size from the batch). One model.
 - `mark_initialized` (returns its undo): a detector's `init_weights` becomes a no-op, so the
   Runner does not re-initialize loaded (or NNCF's integer) weights. One model.
 - `cuda_set_device_without_cuda`: `torch.cuda.set_device` a no-op without CUDA; mmengine
@@ -65,27 +66,45 @@ def undo_mmdet_workarounds() -> None:
 
 
 def route_head_through_module(detector: Any) -> Callable[[], None]:
-    """Make `tensor` mode call the head as a module, as `loss` and `predict` mode do.
+    """Make `tensor` mode work like `loss` and `predict` mode, with an image batch alone.
 
     mmdet's `SingleStageDetector._forward` calls `self.bbox_head.forward(x)` directly, while
     `loss`/`predict` reach the head through `bbox_head(x)`. NNCF names operations by the
     module calls around them, so quantizers traced in tensor mode would not be found in the
     other modes: 150 of 180 quantizer calls instead of 180 on rtmdet_tiny, and DDP then fails
-    on unused quantizer parameters. Patched on the instance; mmdet itself is not modified.
-    Returns the undo.
+    on unused quantizer parameters. `TwoStageDetector._forward` needs data samples (the RPN's
+    proposals are clipped to `img_shape`), which NNCF's tracing, the MAC count and the export
+    do not have: without them, the batch's own size is the image size. Patched on the
+    instance; mmdet itself is not modified. Returns the undo.
     """
     import types
 
-    from mmdet.models.detectors import SingleStageDetector
+    from mmdet.models.detectors import SingleStageDetector, TwoStageDetector
 
-    if not isinstance(detector, SingleStageDetector):
+    if isinstance(detector, SingleStageDetector):
+
+        def _forward(self: Any, batch_inputs: Any, batch_data_samples: Any = None) -> Any:
+            return self.bbox_head(self.extract_feat(batch_inputs))
+
+    elif isinstance(detector, TwoStageDetector):
+
+        def _forward(self: Any, batch_inputs: Any, batch_data_samples: Any = None) -> Any:
+            if batch_data_samples is None:
+                batch_data_samples = _samples_of_size(batch_inputs)
+            return TwoStageDetector._forward(self, batch_inputs, batch_data_samples)
+
+    else:
         return lambda: None
-
-    def _forward(self: Any, batch_inputs: Any, batch_data_samples: Any = None) -> Any:
-        return self.bbox_head(self.extract_feat(batch_inputs))
-
     detector._forward = types.MethodType(_forward, detector)
     return lambda: vars(detector).pop("_forward", None)
+
+
+def _samples_of_size(batch_inputs: Any) -> list[Any]:
+    from mmdet.structures import DetDataSample
+
+    shape = tuple(int(v) for v in batch_inputs.shape[-2:])
+    meta = dict(img_shape=shape, pad_shape=shape, batch_input_shape=shape, scale_factor=(1.0, 1.0))
+    return [DetDataSample(metainfo=meta) for _ in range(batch_inputs.shape[0])]
 
 
 @contextlib.contextmanager

@@ -25,7 +25,18 @@ def bench(
     ] = "both",
     precision: Precision = "auto",
     seconds: Annotated[float, typer.Option(help="Measuring time per model and mode.")] = 10.0,
+    rounds: Annotated[
+        int, typer.Option(help="Measure the models in turn, this many times each (A B, A B, ...).")
+    ] = 5,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    layers: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Per-layer times of each IR by layer type and precision, and its N slowest "
+            "layers (OpenVINO performance counters).",
+        ),
+    ] = 0,
     eval_json: Annotated[
         list[Path] | None,
         typer.Option(help="'detcompress eval --json' results: adds mAP to the table and plot."),
@@ -38,9 +49,11 @@ def bench(
     json_path: JsonOutput = None,
 ) -> None:
     """Latency (median, p90, p99 of synchronous calls) and throughput (concurrent requests) of
-    each model, side by side, with the precision each one really runs in."""
+    each model, side by side, with the precision each one really runs in. The models are
+    measured in turn, round after round, and each speed-up is the median of its per-round
+    ratios with an interval: a machine that drifts meanwhile slows every model of a round."""
     from detcompress.measure.latency import bench as run_bench
-    from detcompress.measure.report import bench_table, check_plot_path, write_plot
+    from detcompress.measure.report import bench_table, check_plot_path, layer_tables, write_plot
 
     check_output_file(json_path, "--json")
     if plot is not None:
@@ -53,10 +66,15 @@ def bench(
         precision=precision,
         seconds=seconds,
         threads=threads,
+        rounds=rounds,
+        layers=layers,
         eval_jsons=eval_json,
         trust_checkpoint=trust_checkpoint,
         progress=lambda line: typer.echo(line, err=True),
     )
-    print_result(bench_table(report), json_path, report.to_json())
+    text = bench_table(report)
+    if layers:
+        text += "\n\n" + layer_tables(report)
+    print_result(text, json_path, report.to_json())
     if plot is not None:
         write_plot(report, plot)

@@ -169,6 +169,22 @@ def range_estimator(algo: Quantization) -> Any:
     )
 
 
+# Operation types that only a module's forward calls (with its weight).
+_WEIGHTED_OPERATIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear"}
+
+
+def _unstable_operations(nodes: list[tuple[str, str]]) -> list[str]:
+    """Operations outside every module whose name may denote another operation in training.
+
+    NNCF names an operation called outside a module (a two-stage detector's proposal decoding,
+    NMS and RoI bookkeeping between its stages) by its call order at the top scope, and `loss`
+    mode makes different such calls than the traced `tensor` mode: a quantizer placed on one
+    would run on another operation in training (Faster R-CNN: on the boolean `&` of the anchor
+    flags). Weighted operations stay: only their module calls them, in the same order in every
+    mode (Faster R-CNN's shared FCs, which NNCF names at the top scope)."""
+    return [n for n, kind in nodes if n.startswith("/") and kind not in _WEIGHTED_OPERATIONS]
+
+
 def quantize(
     detector: torch.nn.Module,
     algo: Quantization,
@@ -194,6 +210,7 @@ def quantize(
     )
     ignored_names = {n for hits in matched.values() for n in hits}
     ignored_names |= {n for ops in in_float.values() for n in ops}
+    ignored_names |= set(_unstable_operations(nodes))
     if algo.target_scopes:
         # NNCF 3 has no target scope: every operation outside the targets is ignored instead.
         targets, target_unmatched = match_scopes(algo.target_scopes, names)

@@ -33,6 +33,7 @@ from detcompress.compression.statistics import (
 )
 from detcompress.config.algorithms import Algorithm, FilterPruning, Quantization, Sparsity
 from detcompress.config.presets import NNCFConfig
+from detcompress.errors import PresetError
 
 ORDER = {"filter_pruning": 0, "magnitude_sparsity": 1, "rb_sparsity": 1, "quantization": 2}
 STRUCTURE_FORMAT = 2
@@ -153,6 +154,13 @@ def _prune_filters(
 
     schedule = PruningSchedule.of(algo)
     algo.check()
+    if not hasattr(model, "bbox_head"):
+        # torch-pruning follows channels through autograd; mmcv's RoIAlign hides the FPN's
+        # consumers in the RoI head from it, and it prunes the FPN's outputs alone.
+        raise PresetError(
+            f"filter_pruning: {type(model).__name__} is a two-stage detector, whose filters "
+            "cannot be pruned yet; use int8 or magnitude_sparsity / rb_sparsity"
+        )
     _, unmatched = match_scopes(algo.ignored_scopes, list(tpa.conv_names(model)), submodules=True)
     for scope in unmatched:
         report.lines.append(

@@ -17,9 +17,18 @@ from torch import nn
 
 from detcompress.errors import ConfigError, DetcompressError
 
-# Heads whose box decoding detcompress can put inside the graph (and why they differ):
-# YOLOX keeps one label per box (its best class); anchor heads keep every (box, class) pair.
-SUPPORTED_HEADS = ("YOLOXHead", "SSDHead", "RetinaHead", "ATSSHead", "AnchorHead")
+# Heads whose box decoding detcompress can put inside the graph: YOLOX keeps one label per box
+# (its best class), YOLOv3 filters on objectness; the others keep mmdet's generic postprocessing
+# (every (box, class) pair a candidate), and so does any dense head that does not override it.
+SUPPORTED_HEADS = (
+    "YOLOXHead",
+    "YOLOV3Head",
+    "SSDHead",
+    "RetinaHead",
+    "ATSSHead",
+    "FCOSHead",
+    "RTMDetHead",
+)
 
 
 @dataclass(frozen=True)
@@ -183,14 +192,16 @@ class _YOLOXDecoder(nn.Module):
         return boxes, scores.transpose(1, 2)
 
 
-class _AnchorDecoder(nn.Module):
-    """AnchorHead.predict_by_feat before NMS (RetinaNet, SSD, ATSS): every (prior, class) pair
-    is a candidate, the best `nms_pre` of each level, as mmdet keeps them (the others score 0);
-    boxes are clipped to the input and boxes not larger than `min_bbox_size` score 0.
+class _DenseHeadDecoder(nn.Module):
+    """mmdet's `BaseDenseHead` postprocessing before NMS, in traceable torch, for every head that
+    keeps it (RetinaNet, SSD, ATSS, FCOS, RTMDet): the head's prior generator and bbox coder
+    decode the boxes; every (prior, class) pair is a candidate, the best `nms_pre` of each level,
+    as mmdet keeps them (the others score 0); boxes are clipped to the input and boxes not larger
+    than `min_bbox_size` score 0.
 
-    Heads with score factors (ATSS's centerness) score `sigmoid(cls) * sigmoid(factor)` as mmdet
-    does, with `score_thr` applied to the class score before the product (so here, not by the
-    NMS operation: see `nms_params(score_threshold_applied=True)`)."""
+    Heads with score factors (ATSS's and FCOS's centerness) score `sigmoid(cls) *
+    sigmoid(factor)` as mmdet does, with `score_thr` applied to the class score before the product
+    (so here, not by the NMS operation: see `nms_params(score_threshold_applied=True)`)."""
 
     priors: torch.Tensor
 
@@ -198,27 +209,46 @@ class _AnchorDecoder(nn.Module):
         super().__init__()
         priors = head.prior_generator.grid_priors(featmap_sizes, device="cpu")
         self.register_buffer("priors", torch.cat(priors), persistent=False)
+        self.level_sizes = [len(p) for p in priors]
         self.head_coder: Any = head.bbox_coder
-        self.cls_out = head.cls_out_channels
-        self.use_sigmoid = head.use_sigmoid_cls
-        self.min_size = float((head.test_cfg or {}).get("min_bbox_size", -1))
-        self.nms_pre = int((head.test_cfg or {}).get("nms_pre", -1))
-        self.score_thr = float((head.test_cfg or {}).get("score_thr", 0.0))
+        self.cls_out = getattr(head, "cls_out_channels", head.num_classes)
+        self.use_sigmoid = getattr(head, "use_sigmoid_cls", True)
+        cfg = head.test_cfg or {}
+        self.min_size = float(cfg.get("min_bbox_size", -1))
+        self.nms_pre = int(cfg.get("nms_pre", -1))
+        self.score_thr = float(cfg.get("score_thr", 0.0))
         self.limits = (float(width), float(height))
 
     def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         cls_scores, bbox_preds = outs[0], outs[1]
         n = cls_scores[0].shape[0]
-        scores = torch.cat([self._level_scores(c, n) for c in cls_scores], 1)
-        if len(outs) > 2:  # score factors: one per prior
-            factors = torch.cat([f.permute(0, 2, 3, 1).reshape(n, -1) for f in outs[2]], 1)
-            kept = (scores > self.score_thr).to(scores.dtype)
-            scores = scores * kept * factors.sigmoid().unsqueeze(-1)
+        scores = torch.cat([self._best(self._class_scores(c, n)) for c in cls_scores], 1)
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
         # max_shape=None: mmdet's clamp path imports a module removed in mmdet 3 under ONNX export
         boxes = self.head_coder.decode(self.priors.expand(n, -1, -1), deltas, max_shape=None)
+        factors = None
+        if len(outs) > 2:  # score factors: one per prior
+            factors = torch.cat(
+                [f.permute(0, 2, 3, 1).reshape(n, -1) for f in outs[2]], 1
+            ).sigmoid()
+        return self._candidates(self._clipped(boxes), scores, factors)
+
+    def _class_scores(self, cls_score: torch.Tensor, n: int) -> torch.Tensor:
+        logits = cls_score.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out)
+        return logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
+
+    def _best(self, scores: torch.Tensor) -> torch.Tensor:
+        """The `nms_pre` best (prior, class) pairs keep their scores, the others score 0."""
+        n = scores.shape[0]
+        pairs = scores.shape[1] * scores.shape[2]  # static: the input size is fixed
+        if 0 < self.nms_pre < pairs:
+            kth = scores.reshape(n, -1).topk(self.nms_pre, dim=1).values[:, -1:]
+            scores = scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
+        return scores
+
+    def _clipped(self, boxes: torch.Tensor) -> torch.Tensor:
         w, h = self.limits
-        boxes = torch.stack(
+        return torch.stack(
             [
                 boxes[..., 0].clamp(0, w),
                 boxes[..., 1].clamp(0, h),
@@ -227,6 +257,15 @@ class _AnchorDecoder(nn.Module):
             ],
             -1,
         )
+
+    def _candidates(
+        self, boxes: torch.Tensor, scores: torch.Tensor, factors: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """boxes [N, M, 4] and scores [N, C, M] for the NMS operation: score factors multiplied
+        in after `score_thr`, boxes not larger than `min_bbox_size` scored 0."""
+        if factors is not None:
+            kept = (scores > self.score_thr).to(scores.dtype)
+            scores = scores * kept * factors.unsqueeze(-1)
         if self.min_size >= 0:
             big = (boxes[..., 2] - boxes[..., 0] > self.min_size) & (
                 boxes[..., 3] - boxes[..., 1] > self.min_size
@@ -234,14 +273,41 @@ class _AnchorDecoder(nn.Module):
             scores = scores * big.unsqueeze(-1).to(scores.dtype)
         return boxes, scores.transpose(1, 2)
 
-    def _level_scores(self, cls_score: torch.Tensor, n: int) -> torch.Tensor:
-        logits = cls_score.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out)
-        scores = logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
-        pairs = scores.shape[1] * scores.shape[2]  # static: the input size is fixed
-        if 0 < self.nms_pre < pairs:
-            kth = scores.reshape(n, -1).topk(self.nms_pre, dim=1).values[:, -1:]
-            scores = scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
-        return scores
+
+class _YOLOV3Decoder(_DenseHeadDecoder):
+    """YOLOV3Head.predict_by_feat before NMS: one output map per level holding, per anchor, box
+    deltas (xy through a sigmoid), objectness and class logits. Candidates need objectness >=
+    `conf_thr` and class score > `score_thr`; the best `nms_pre` over all levels together keep
+    their score, multiplied by the objectness. mmdet does not clip YOLOv3's boxes."""
+
+    strides: torch.Tensor
+
+    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]], height: int, width: int):
+        super().__init__(head, featmap_sizes, height, width)
+        strides = [
+            torch.full((size,), float(stride[0] if isinstance(stride, tuple) else stride))
+            for size, stride in zip(self.level_sizes, head.featmap_strides, strict=True)
+        ]
+        self.register_buffer("strides", torch.cat(strides).unsqueeze(-1), persistent=False)
+        self.attributes = head.num_attrib
+        self.conf_thr = float((head.test_cfg or {}).get("conf_thr", -1))
+
+    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        (pred_maps,) = outs
+        n = pred_maps[0].shape[0]
+        preds = torch.cat(
+            [p.permute(0, 2, 3, 1).reshape(n, -1, self.attributes) for p in pred_maps], 1
+        )
+        deltas = torch.cat([preds[..., :2].sigmoid(), preds[..., 2:4]], -1)
+        boxes = self.head_coder.decode(self.priors, deltas, self.strides)
+        objectness = preds[..., 4].sigmoid()
+        scores = preds[..., 5:].sigmoid()
+        if self.conf_thr > 0:
+            scores = scores * (objectness >= self.conf_thr).unsqueeze(-1).to(scores.dtype)
+        # Below score_thr before the top nms_pre, as mmdet filters: a pair it dropped for its
+        # objectness or class score must not take one of the nms_pre places.
+        scores = scores * (scores > self.score_thr).to(scores.dtype)
+        return self._candidates(boxes, self._best(scores), objectness)
 
 
 class DeployableDetector(nn.Module):
@@ -253,6 +319,12 @@ class DeployableDetector(nn.Module):
         super().__init__()
         self.detector = detector
         self.prep = prep
+        if not hasattr(detector, "bbox_head"):
+            raise DetcompressError(
+                f"{type(detector).__name__} is a two-stage detector: export of its RPN proposals "
+                "and RoI head is not available yet, with or without --no-postprocessing; "
+                "compress and eval work on its checkpoints (detcompress eval CHECKPOINT)"
+            )
         head: Any = detector.bbox_head
         example = torch.zeros(1, 3, prep.height, prep.width)
         with torch.no_grad():
@@ -263,19 +335,7 @@ class DeployableDetector(nn.Module):
         self.decoder: nn.Module | None = None
         if decode_boxes:
             sizes = [tuple(t.shape[-2:]) for t in outs[0]]
-            kind = type(head).__name__
-            if kind == "YOLOXHead":
-                self.decoder = _YOLOXDecoder(head, sizes)
-                self.nms = nms_params(head)
-            elif _is_plain_anchor_head(head):
-                self.decoder = _AnchorDecoder(head, sizes, prep.height, prep.width)
-                self.nms = nms_params(head, has_score_factors(head, len(outs)))
-            else:
-                raise DetcompressError(
-                    f"postprocessing inside the exported graph is not available for {kind} "
-                    f"(available: {', '.join(SUPPORTED_HEADS)}); export with --no-postprocessing "
-                    "and detcompress applies mmdet's own postprocessing when evaluating"
-                )
+            self.decoder, self.nms = _decoder_for(head, sizes, prep, len(outs))
 
     @property
     def raw_output_names(self) -> list[str]:
@@ -292,13 +352,35 @@ class DeployableDetector(nn.Module):
         return tuple(t for group in outs for t in group)
 
 
-def _is_plain_anchor_head(head: Any) -> bool:
-    from mmdet.models.dense_heads import AnchorHead
+def _decoder_for(
+    head: Any, sizes: list[tuple[int, int]], prep: Preprocessing, group_count: int
+) -> tuple[nn.Module, NMSParams]:
+    """The head's decoding in torch and the NMS settings that complete it."""
+    kind = type(head).__name__
+    if kind == "YOLOXHead":
+        return _YOLOXDecoder(head, sizes), nms_params(head)
+    if kind == "YOLOV3Head":
+        decoder: nn.Module = _YOLOV3Decoder(head, sizes, prep.height, prep.width)
+        return decoder, nms_params(head, score_threshold_applied=True)
+    if _keeps_base_postprocessing(head):
+        decoder = _DenseHeadDecoder(head, sizes, prep.height, prep.width)
+        return decoder, nms_params(head, has_score_factors(head, group_count))
+    raise DetcompressError(
+        f"postprocessing inside the exported graph is not available for {kind} (available: "
+        f"{', '.join(SUPPORTED_HEADS)}); export with --no-postprocessing and detcompress "
+        "applies mmdet's own postprocessing when evaluating"
+    )
+
+
+def _keeps_base_postprocessing(head: Any) -> bool:
+    """A dense head whose postprocessing is mmdet's generic one (prior generator + bbox coder +
+    score activation): a head that overrides it decodes differently and needs its own decoder."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 
-    # Heads that override the base postprocessing (or add score factors) decode differently.
     return (
-        isinstance(head, AnchorHead)
+        isinstance(head, BaseDenseHead)
+        and hasattr(head, "prior_generator")
+        and hasattr(head, "bbox_coder")
         and type(head)._predict_by_feat_single is BaseDenseHead._predict_by_feat_single
         and type(head).predict_by_feat is BaseDenseHead.predict_by_feat
     )

@@ -227,6 +227,39 @@ def int8_convolutions(compiled: Any) -> tuple[int, int]:
     return sum(v for k, v in convs.items() if k[1] in INT8_PRECISIONS), sum(convs.values())
 
 
+def layer_times(
+    model: ov.Model, device: str, f32: bool, threads: int | None, image: np.ndarray, calls: int
+) -> list[dict[str, Any]]:
+    """Mean time of each executed runtime layer over `calls` synchronous calls, from OpenVINO's
+    performance counters (a separate compilation: counting slows the calls it counts), with
+    the kernel (`exec_type`, e.g. `brgconv_avx512_amx_I8`) and the precision it ran in."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core().compile_model(model, device, config).create_infer_request()
+    request.infer({INPUT_NAME: image})  # warm-up
+    totals: dict[str, dict[str, Any]] = {}
+    for _ in range(calls):
+        request.infer({INPUT_NAME: image})
+        for info in request.profiling_info:
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            layer = totals.setdefault(
+                info.node_name,
+                {
+                    "name": info.node_name,
+                    "type": info.node_type,
+                    "kernel": info.exec_type,
+                    "precision": info.exec_type.rsplit("_", 1)[-1].lower(),
+                    "ms": 0.0,
+                },
+            )
+            layer["ms"] += info.real_time.total_seconds() * 1e3 / calls
+    return sorted(totals.values(), key=lambda layer: -layer["ms"])
+
+
 def fake_quantize_count(xml: Path) -> int:
     model = core().read_model(str(xml))
     return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")

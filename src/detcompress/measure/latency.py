@@ -7,6 +7,7 @@ a fixed random BGR image (seed 0) at the model's own input size."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -26,7 +27,10 @@ DEVICES = ("CPU", "GPU", "AUTO")
 MODES = ("latency", "throughput", "both")
 PRECISIONS = ("auto", "f32")
 MAX_SECONDS = 3600.0
-MIN_CALLS = 5  # latency percentiles of fewer calls mean nothing, whatever --seconds says
+MIN_CALLS_PER_ROUND = 3  # a round's median of fewer calls means nothing, whatever --seconds says
+DEFAULT_ROUNDS = 5
+LAYER_PROFILE_CALLS = 20
+MAX_ROUNDS = 1000
 WARMUP_SECONDS_MAX = 2.0
 # CPU features that decide which precision an FP32 model really runs in, and how fast int8 is.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -43,11 +47,14 @@ class Measurement:
     size_mb: float
     latency_ms: dict[str, float] | None = None
     latency_calls: int = 0
-    throughput_fps: float | None = None
+    throughput_fps: float | None = None  # median of the rounds
     throughput_streams: int = 0
     details: dict[str, Any] = field(default_factory=dict)
-    speedup: float | None = None  # first model's median latency / this one's
-    throughput_speedup: float | None = None  # this one's fps / first model's
+    # Medians of the per-round ratios: the first model's median latency / this one's, this
+    # one's fps / the first's; their intervals and the per-round data in `rounds`.
+    speedup: float | None = None
+    throughput_speedup: float | None = None
+    rounds: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # from --eval-json
 
     def to_json(self) -> dict[str, Any]:
@@ -65,6 +72,7 @@ class Measurement:
             "size_mb": round(self.size_mb, 3),
             "speedup": _round(self.speedup),
             "throughput_speedup": _round(self.throughput_speedup),
+            "rounds": self.rounds,
             **({"metrics": self.metrics} if self.metrics else {}),
             **self.details,
         }
@@ -137,6 +145,8 @@ def check_inputs(
     seconds: float,
     batch: int | None,
     threads: int | None,
+    rounds: int = DEFAULT_ROUNDS,
+    layers: int = 0,
 ) -> None:
     """Every mistake in the arguments, before anything is loaded or measured."""
     if not models:
@@ -160,6 +170,18 @@ def check_inputs(
         raise DetcompressError(f"--batch {batch}: must be at least 1")
     if threads is not None and threads < 1:
         raise DetcompressError(f"--threads {threads}: must be at least 1")
+    if layers < 0:
+        raise DetcompressError(f"--layers {layers}: must be 0 (off) or more (the slowest N)")
+    if layers and not any(model_kind(path) == "openvino" for path in models):
+        raise DetcompressError(
+            "--layers: per-layer times come from OpenVINO's performance counters; give at "
+            "least one .xml model"
+        )
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise DetcompressError(
+            f"--rounds {rounds}: must be from 1 to {MAX_ROUNDS} (each model measured once per "
+            "round, in turn)"
+        )
 
 
 def _check_device_available(path: Path, backend: str, device: str) -> None:
@@ -184,25 +206,161 @@ def _check_device_available(path: Path, backend: str, device: str) -> None:
             raise DetcompressError(f"{path}: --device GPU needs CUDA, which torch cannot see here")
 
 
-def _latency(call: Callable[[], Any], seconds: float) -> tuple[dict[str, float], int]:
+@dataclass
+class _Subject:
+    """One model made ready to measure: its result so far, one synchronous call, and a
+    throughput burst (frames, seconds) of about the seconds asked (None: derived from latency)."""
+
+    result: Measurement
+    call: Callable[[], Any]
+    burst: Callable[[float], tuple[int, float]] | None
+    layer_times: Callable[[], list[dict[str, Any]]] | None = None  # OpenVINO only
+
+
+@dataclass
+class _Rounds:
+    """What one model measured in each round."""
+
+    latency_ms: list[list[float]] = field(default_factory=list)  # per round, every call
+    fps: list[float] = field(default_factory=list)
+
+
+def _timed_calls(call: Callable[[], Any], seconds: float) -> list[float]:
+    """Milliseconds of each call for `seconds` (at least MIN_CALLS_PER_ROUND), after a short
+    warm-up: the model before may have evicted this one's weights from the caches."""
     warm_until = time.perf_counter() + min(WARMUP_SECONDS_MAX, seconds / 4)
-    call()  # the first call pays for lazy initialization
+    call()
     while time.perf_counter() < warm_until:
         call()
     times: list[float] = []
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < MIN_CALLS:
+    while time.perf_counter() < end or len(times) < MIN_CALLS_PER_ROUND:
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1e3)
-    quantiles = np.percentile(np.array(times), [50, 90, 99])
+    return times
+
+
+def _measure_interleaved(
+    subjects: list[_Subject],
+    mode: str,
+    seconds: float,
+    rounds: int,
+    progress: Callable[[str], None] | None,
+) -> list[_Rounds]:
+    """Round after round, each model in turn for `seconds / rounds` per mode (A B C, C B A,
+    ...): a machine that gets slower or faster meanwhile slows every model of a round alike,
+    so per-round ratios stay meaningful where numbers measured one after the other do not."""
+    per_round = seconds / rounds
+    measured = [_Rounds() for _ in subjects]
+    for subject in subjects:
+        subject.call()  # the first call pays for lazy initialization
+    for index in range(rounds):
+        if progress:
+            progress(f"round {index + 1}/{rounds}: {len(subjects)} models, {per_round:.2g} s each")
+        # Odd rounds in reverse (A B C, C B A, ...): no model always follows the same one, and
+        # a steady drift weighs on every model alike.
+        order = list(zip(subjects, measured, strict=True))
+        for subject, rounds_of in order[::-1] if index % 2 else order:
+            if mode in ("latency", "both") or subject.burst is None:
+                rounds_of.latency_ms.append(_timed_calls(subject.call, per_round))
+            if mode in ("throughput", "both") and subject.burst is not None:
+                frames, elapsed = subject.burst(per_round)
+                rounds_of.fps.append(frames / elapsed)
+    return measured
+
+
+def _fill_in(subject: _Subject, rounds_of: _Rounds, mode: str) -> None:
+    result = subject.result
+    if rounds_of.latency_ms:
+        times = [t for round_times in rounds_of.latency_ms for t in round_times]
+        quantiles = np.percentile(np.array(times), [50, 90, 99])
+        result.latency_ms = {
+            "median": round(float(quantiles[0]), 4),
+            "p90": round(float(quantiles[1]), 4),
+            "p99": round(float(quantiles[2]), 4),
+            "mean": round(statistics.fmean(times), 4),
+            "min": round(min(times), 4),
+        }
+        result.latency_calls = len(times)
+        result.rounds["latency_ms_median"] = [
+            round(statistics.median(t), 4) for t in rounds_of.latency_ms
+        ]
+    if mode in ("throughput", "both"):
+        if subject.burst is None:  # one stream: throughput is the inverse of the mean latency
+            assert result.latency_ms is not None
+            result.rounds["fps"] = [
+                round(result.batch * 1e3 / statistics.fmean(t), 3) for t in rounds_of.latency_ms
+            ]
+            result.throughput_streams = 1
+        else:
+            result.rounds["fps"] = [round(v, 3) for v in rounds_of.fps]
+        result.throughput_fps = statistics.median(result.rounds["fps"])
+    if mode == "throughput":
+        result.latency_ms, result.latency_calls = None, 0
+        result.rounds.pop("latency_ms_median", None)
+
+
+def layer_summary(layers: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    """Per-layer times grouped by (layer type, precision), and the `top` slowest layers."""
+    total = sum(layer["ms"] for layer in layers)
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for layer in layers:
+        group = groups.setdefault(
+            (layer["type"], layer["precision"]),
+            {"type": layer["type"], "precision": layer["precision"], "layers": 0, "ms": 0.0},
+        )
+        group["layers"] += 1
+        group["ms"] += layer["ms"]
+    by_type = sorted(groups.values(), key=lambda group: -group["ms"])
+    for group in by_type:
+        group["share"] = round(group["ms"] / total, 4) if total else 0.0
+        group["ms"] = round(group["ms"], 4)
     return {
-        "median": round(float(quantiles[0]), 4),
-        "p90": round(float(quantiles[1]), 4),
-        "p99": round(float(quantiles[2]), 4),
-        "mean": round(statistics.fmean(times), 4),
-        "min": round(min(times), 4),
-    }, len(times)
+        "total_ms": round(total, 4),
+        "calls": LAYER_PROFILE_CALLS,
+        "by_type": by_type,
+        "top": [{**layer, "ms": round(layer["ms"], 4)} for layer in layers[:top]],
+    }
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """(low, high, confidence) of a distribution-free interval for the median of `values`: the
+    k-th smallest and k-th largest, k as large as keeps the confidence >= 95% (with fewer than
+    6 values, the smallest and largest, at 1 - 2 / 2**n)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 1
+    while k < n // 2 and _binomial_tail(n, k) <= 0.025:  # P(fewer than k+1 below the median)
+        k += 1
+    confidence = 1 - 2 * _binomial_tail(n, k - 1)
+    return ordered[k - 1], ordered[n - k], confidence
+
+
+def _binomial_tail(n: int, k: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+
+def _speedups(first: Measurement, result: Measurement) -> None:
+    """Each speed-up as the median of per-round ratios, with its interval."""
+    for key, name, invert in (
+        ("latency_ms_median", "speedup", False),
+        ("fps", "throughput_speedup", True),
+    ):
+        mine, theirs = result.rounds.get(key), first.rounds.get(key)
+        if not mine or not theirs:
+            continue
+        ratios = [(m / t) if invert else (t / m) for m, t in zip(mine, theirs, strict=True)]
+        low, high, confidence = median_interval(ratios)
+        setattr(result, name, statistics.median(ratios))
+        result.rounds[f"{name}_per_round"] = [round(r, 4) for r in ratios]
+        result.rounds[f"{name}_interval"] = {
+            "low": round(low, 4),
+            "high": round(high, 4),
+            "confidence": round(confidence, 4),
+            "within_noise": low <= 1.0 <= high,
+        }
 
 
 def _random_image(shape: list[int]) -> np.ndarray:
@@ -263,15 +421,9 @@ def _check_runnable(path: Path, backend: str, batch: int | None) -> None:
         _onnx_shape_for(path, batch)
 
 
-def _bench_openvino(
-    path: Path,
-    device: str,
-    mode: str,
-    f32: bool,
-    seconds: float,
-    batch: int | None,
-    threads: int | None,
-) -> Measurement:
+def _prepare_openvino(
+    path: Path, device: str, mode: str, f32: bool, batch: int | None, threads: int | None
+) -> _Subject:
     from detcompress.deploy import openvino_backend
 
     model, shape, metadata = _openvino_model_for(path, batch)
@@ -285,17 +437,17 @@ def _bench_openvino(
         postprocessing=None if metadata is None else bool(metadata.get("postprocessing")),
         size_mb=file_size_mb(path),
     )
-    if mode in ("latency", "both"):
-        compiled = openvino_backend.compile_for_speed(model, device, "LATENCY", f32, threads)
-        request = compiled.create_infer_request()
-        result.latency_ms, result.latency_calls = _latency(
-            lambda: request.infer({openvino_backend.INPUT_NAME: image}), seconds
-        )
+    compiled = openvino_backend.compile_for_speed(model, device, "LATENCY", f32, threads)
+    request = compiled.create_infer_request()
+    burst = None
     if mode in ("throughput", "both"):
-        compiled = openvino_backend.compile_for_speed(model, device, "THROUGHPUT", f32, threads)
-        frames, elapsed, streams = openvino_backend.run_async(compiled, image, seconds)
-        result.throughput_fps = frames / elapsed
-        result.throughput_streams = streams
+        streams = openvino_backend.compile_for_speed(model, device, "THROUGHPUT", f32, threads)
+        result.throughput_streams = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+        def burst(seconds: float) -> tuple[int, float]:
+            frames, elapsed, _ = openvino_backend.run_async(streams, image, seconds)
+            return frames, elapsed
+
     floating = openvino_backend.inference_precision(compiled)
     int8, convolutions = openvino_backend.int8_convolutions(compiled)
     result.precision = "int8" if int8 else floating
@@ -304,12 +456,17 @@ def _bench_openvino(
         "int8_convolutions": int8,
         "convolutions": convolutions,
     }
-    return result
+    return _Subject(
+        result,
+        lambda: request.infer({openvino_backend.INPUT_NAME: image}),
+        burst,
+        lambda: openvino_backend.layer_times(
+            model, device, f32, threads, image, LAYER_PROFILE_CALLS
+        ),
+    )
 
 
-def _bench_onnx(
-    path: Path, device: str, mode: str, seconds: float, batch: int | None, threads: int | None
-) -> Measurement:
+def _prepare_onnx(path: Path, mode: str, batch: int | None, threads: int | None) -> _Subject:
     from concurrent.futures import ThreadPoolExecutor
 
     from detcompress.deploy import onnx_backend
@@ -328,43 +485,37 @@ def _bench_onnx(
         size_mb=file_size_mb(path),
         details={"quantize_linear_nodes": counts.get("QuantizeLinear", 0)},
     )
-    if mode in ("latency", "both"):
-        session = onnx_backend.session(path, threads=threads)
-        result.latency_ms, result.latency_calls = _latency(
-            lambda: onnx_backend.infer(session, image), seconds
-        )
+    session = onnx_backend.session(path, threads=threads)
+    burst = None
     if mode in ("throughput", "both"):
         # One single-threaded run per core at a time: onnxruntime's Run is thread-safe and, with
         # one intra-op thread, computes on the calling thread (the GIL is released).
         streams = threads or len(os.sched_getaffinity(0))
-        session = onnx_backend.session(path, threads=1)
-        onnx_backend.infer(session, image)
-        end = time.perf_counter() + seconds
-
-        def worker() -> int:
-            calls = 0
-            while time.perf_counter() < end or calls == 0:
-                onnx_backend.infer(session, image)
-                calls += 1
-            return calls
-
-        start = time.perf_counter()
-        with ThreadPoolExecutor(streams) as pool:
-            calls = sum(pool.map(lambda _: worker(), range(streams)))
-        result.throughput_fps = calls * shape[0] / (time.perf_counter() - start)
+        single = onnx_backend.session(path, threads=1)
+        onnx_backend.infer(single, image)
         result.throughput_streams = streams
-    return result
+
+        def burst(seconds: float) -> tuple[int, float]:
+            end = time.perf_counter() + seconds
+
+            def worker() -> int:
+                calls = 0
+                while time.perf_counter() < end or calls == 0:
+                    onnx_backend.infer(single, image)
+                    calls += 1
+                return calls
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(streams) as pool:
+                calls = sum(pool.map(lambda _: worker(), range(streams)))
+            return calls * shape[0], time.perf_counter() - start
+
+    return _Subject(result, lambda: onnx_backend.infer(session, image), burst)
 
 
-def _bench_pytorch(
-    path: Path,
-    device: str,
-    mode: str,
-    seconds: float,
-    batch: int | None,
-    threads: int | None,
-    trust_checkpoint: bool,
-) -> Measurement:
+def _prepare_pytorch(
+    path: Path, device: str, batch: int | None, threads: int | None, trust_checkpoint: bool
+) -> _Subject:
     import torch
 
     from detcompress.deploy.graph import DeployableDetector, preprocessing_of
@@ -397,13 +548,7 @@ def _bench_pytorch(
         postprocessing=False,
         size_mb=file_size_mb(path),
     )
-    result.latency_ms, result.latency_calls = _latency(call, seconds)
-    if mode in ("throughput", "both"):
-        result.throughput_fps = shape[0] * 1e3 / result.latency_ms["mean"]
-        result.throughput_streams = 1
-    if mode == "throughput":
-        result.latency_ms, result.latency_calls = None, 0
-    return result
+    return _Subject(result, call, None)
 
 
 def read_eval_jsons(paths: list[Path]) -> list[dict[str, Any]]:
@@ -446,6 +591,8 @@ def bench(
     precision: str = "auto",
     seconds: float = 10.0,
     threads: int | None = None,
+    rounds: int = DEFAULT_ROUNDS,
+    layers: int = 0,
     eval_jsons: list[Path] | None = None,
     trust_checkpoint: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -453,31 +600,33 @@ def bench(
     from detcompress.model.detector import openvino_device_name
 
     device = openvino_device_name(device)  # `cpu`, `cuda` and `gpu` work too
-    check_inputs(models, device, mode, precision, seconds, batch, threads)
+    check_inputs(models, device, mode, precision, seconds, batch, threads, rounds, layers)
     evaluations = read_eval_jsons(list(eval_jsons or []))
     backends = [BACKENDS[model_kind(p)] for p in models]
     for path, backend in zip(models, backends, strict=True):
         _check_device_available(path, backend, device)
         _check_runnable(path, backend, batch)
-    results: list[Measurement] = []
+    subjects: list[_Subject] = []
     for index, (path, backend) in enumerate(zip(models, backends, strict=True), 1):
         if progress:
-            progress(f"[{index}/{len(models)}] {path} ({backend}, {mode}, {seconds:g} s per mode)")
+            progress(f"[{index}/{len(models)}] loading {path} ({backend})")
         if backend == "openvino":
-            measured = _bench_openvino(
-                path, device, mode, precision == "f32", seconds, batch, threads
-            )
+            subject = _prepare_openvino(path, device, mode, precision == "f32", batch, threads)
         elif backend == "onnxruntime":
-            measured = _bench_onnx(path, device, mode, seconds, batch, threads)
+            subject = _prepare_onnx(path, mode, batch, threads)
         else:
-            measured = _bench_pytorch(path, device, mode, seconds, batch, threads, trust_checkpoint)
-        results.append(measured)
-    first = results[0]
+            subject = _prepare_pytorch(path, device, batch, threads, trust_checkpoint)
+        subjects.append(subject)
+    measured = _measure_interleaved(subjects, mode, seconds, rounds, progress)
+    for subject, rounds_of in zip(subjects, measured, strict=True):
+        _fill_in(subject, rounds_of, mode)
+        if layers and subject.layer_times is not None:
+            if progress:
+                progress(f"layer profile of {subject.result.model} ({LAYER_PROFILE_CALLS} calls)")
+            subject.result.details["layers"] = layer_summary(subject.layer_times(), layers)
+    results = [subject.result for subject in subjects]
     for result in results:
-        if first.latency_ms and result.latency_ms:
-            result.speedup = first.latency_ms["median"] / result.latency_ms["median"]
-        if first.throughput_fps and result.throughput_fps:
-            result.throughput_speedup = result.throughput_fps / first.throughput_fps
+        _speedups(results[0], result)
     attach_metrics(results, evaluations)
     settings = {
         "device": device,
@@ -487,7 +636,10 @@ def bench(
         "seconds": seconds,
         "threads": threads,
         "input": "one fixed random image (seed 0), BGR 0-255, at the model's input size",
-        "speedup": "latency of the first model / this model's (median); "
-        "throughput_speedup: this model's fps / the first's",
+        "rounds": rounds,
+        "layers": layers,
+        "speedup": "median over rounds of (the first model's median latency / this model's); "
+        "throughput_speedup: of (this model's fps / the first's); intervals in each result's "
+        "rounds: distribution-free intervals for those medians",
     }
     return BenchReport(machine_info(), settings, results)

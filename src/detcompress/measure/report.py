@@ -18,8 +18,16 @@ def _ms(result: Measurement, key: str) -> str:
     return f"{result.latency_ms[key]:.2f}" if result.latency_ms else "-"
 
 
-def _ratio(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "-"
+def _ratio(result: Measurement, name: str) -> str:
+    """`1.52x (1.48-1.57)`, or `1.01x (0.97-1.05, within noise)` when the interval holds 1."""
+    value = getattr(result, name)
+    if value is None:
+        return "-"
+    interval = result.rounds.get(f"{name}_interval")
+    if interval is None or interval["low"] == interval["high"] == 1.0:
+        return f"{value:.2f}x"
+    noise = ", within noise" if interval["within_noise"] else ""
+    return f"{value:.2f}x ({interval['low']:.2f}-{interval['high']:.2f}{noise})"
 
 
 def short_name(result: Measurement) -> str:
@@ -57,8 +65,8 @@ def bench_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
             _ms(r, "p99"),
             f"{r.throughput_fps:.1f}" if r.throughput_fps is not None else "-",
             f"{r.size_mb:.1f}",
-            _ratio(r.speedup),
-            _ratio(r.throughput_speedup),
+            _ratio(r, "speedup"),
+            _ratio(r, "throughput_speedup"),
         ]
         if with_map:
             row.append(f"{r.metrics['bbox_mAP']:.3f}" if "bbox_mAP" in r.metrics else "-")
@@ -78,6 +86,39 @@ def bench_table(report: BenchReport) -> str:
         table.add_row(*row)
     out = io.StringIO()
     Console(file=out, width=200, force_terminal=False, highlight=False).print(table)
+    return out.getvalue().rstrip()
+
+
+def layer_tables(report: BenchReport) -> str:
+    """Per IR: time by (layer type, precision), then its slowest layers (`bench --layers`)."""
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False, highlight=False)
+    for result in report.results:
+        profile = result.details.get("layers")
+        if profile is None:
+            continue
+        by_type = Table(
+            title=f"{short_name(result)}: {profile['total_ms']:.2f} ms in layers (mean of "
+            f"{profile['calls']} profiled calls)"
+        )
+        for column in ("layer type", "precision", "layers", "ms", "share"):
+            by_type.add_column(column, justify="left" if column == "layer type" else "right")
+        for group in profile["by_type"]:
+            by_type.add_row(
+                group["type"],
+                group["precision"],
+                str(group["layers"]),
+                f"{group['ms']:.3f}",
+                f"{group['share']:.0%}",
+            )
+        console.print(by_type)
+        slowest = Table(title=f"{short_name(result)}: slowest layers")
+        for column in ("layer", "type", "kernel", "ms"):
+            slowest.add_column(column, justify="right" if column == "ms" else "left")
+        for layer in profile["top"]:
+            name = layer["name"] if len(layer["name"]) <= 70 else "..." + layer["name"][-67:]
+            slowest.add_row(name, layer["type"], layer["kernel"], f"{layer['ms']:.3f}")
+        console.print(slowest)
     return out.getvalue().rstrip()
 
 
