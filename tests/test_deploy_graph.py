@@ -21,6 +21,7 @@ HEADS = {
     "atss": "atss/atss_r50_fpn_1x_coco.py",  # centerness multiplies the scores
     "fcos": "fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",  # points, distances, centerness
     "yolov3": "yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py",  # one map: box, objectness, class
+    "rtmdet": "rtmdet/rtmdet_tiny_8xb32-300e_coco.py",  # points and distances, no centerness
 }
 
 
@@ -80,7 +81,7 @@ def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
     # boxes reaching far below 0 can suppress boxes of the next class (a quirk the graph's
     # per-class NMS does not have); trained models rarely predict such boxes.
     boxes = [randn(4 * p, hw) * 0.2 for p, hw in zip(per_level, sizes, strict=True)]
-    if kind == "FCOSHead":  # distances to the box sides, in pixels, after the head's exp
+    if kind in ("FCOSHead", "RTMDetHead", "RTMDetSepBNHead"):  # distances in pixels
         boxes = [(b * 5).exp() * 4 for b in boxes]
     groups = [classes, boxes]
     if kind in ("YOLOXHead", "ATSSHead", "FCOSHead"):  # objectness / centerness per prior
