@@ -11,6 +11,7 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
+from detcompress import console
 from detcompress.errors import TrainingDivergedError
 from detcompress.model import detector
 from detcompress.model.checkpoint import from_safe_message_hub, plain, to_safe_message_hub
@@ -93,29 +94,80 @@ DIVERGENCE_ADVICE = (
 )
 
 
+def _logged_grad_norm(runner: Any) -> float | None:
+    """The gradient norm mmengine's optimizer wrapper logged for this iteration (only when the
+    config clips gradients), or None."""
+    hub = getattr(runner, "message_hub", None)
+    buffer = hub.log_scalars.get("train/grad_norm") if hub is not None else None
+    if buffer is None or not len(buffer.data[0]):
+        return None
+    return float(buffer.current())
+
+
+def _plain_optimizer(runner: Any) -> Any:
+    """The optimizer whose steps take gradients as computed: none for mixed precision, whose
+    loss scaler meets inf gradients on purpose and skips those steps itself, nor for several
+    optimizers."""
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    wrapper = getattr(runner, "optim_wrapper", None)
+    if isinstance(wrapper, AmpOptimWrapper) or not isinstance(wrapper, OptimWrapper):
+        return None
+    return getattr(wrapper, "optimizer", None)
+
+
 class FiniteValuesHook(Hook):
-    """Stops training at the first non-finite loss or NaN head output, naming the iteration
-    and where it appeared, and refuses to save a checkpoint holding non-finite weights, so that
-    a diverged run never ends as a 'successful' checkpoint of NaNs. The head's outputs are
-    checked as they are computed: with diverged weights, mmdet's assigners fail on them before
-    any loss exists (YOLOX's SimOTA: "all elements of input should be between 0 and 1")."""
+    """Stops training at the first non-finite loss, gradient or NaN head output, naming the
+    iteration and where it appeared, and refuses to save a checkpoint holding non-finite
+    weights, so that a diverged run never ends as a 'successful' checkpoint of NaNs. The head's
+    outputs are checked as they are computed: with diverged weights, mmdet's assigners fail on
+    them before any loss exists (YOLOX's SimOTA: "all elements of input should be between 0
+    and 1")."""
 
     priority = "NORMAL"  # before CheckpointHook (VERY_LOW) saves this iteration
 
     def __init__(self) -> None:
         self._runner: Any = None
-        self._handle: Any = None
+        self._handles: list[Any] = []
+        self._names: dict[int, str] = {}
+        self._overflow_reported = False
 
     def before_train(self, runner: Any) -> None:
         self._runner = runner
-        head = getattr(detector.unwrapped(runner.model), "bbox_head", None)
+        model = detector.unwrapped(runner.model)
+        head = getattr(model, "bbox_head", None)
         if head is not None:
-            self._handle = head.register_forward_hook(self._check_head_outputs)
+            self._handles.append(head.register_forward_hook(self._check_head_outputs))
+        optimizer = _plain_optimizer(runner)
+        if optimizer is not None:
+            self._names = {id(p): name for name, p in model.named_parameters()}
+            self._handles.append(optimizer.register_step_pre_hook(self._check_gradients))
 
     def after_train(self, runner: Any) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _check_gradients(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Before the step: a non-finite gradient would make every weight it reaches NaN, and
+        the losses stay finite until the next iteration (or never, with clipping)."""
+        import torch
+
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params = [p for p in params if p.grad is not None]
+        if not params or self._runner is None:
+            return
+        norms = torch.stack(torch._foreach_norm([p.grad for p in params]))
+        finite = torch.isfinite(norms)
+        if bool(finite.all()):
+            return
+        bad = [p for p, ok in zip(params, finite.tolist(), strict=True) if not ok]
+        first = self._names.get(id(bad[0]), "a parameter")
+        raise TrainingDivergedError(
+            f"iteration {self._runner.iter + 1}: the gradients of {len(bad)} parameter tensors "
+            f"hold NaN or inf ({first}, ...); training stopped before the step, and no "
+            f"checkpoint of it was written; {DIVERGENCE_ADVICE}"
+        )
 
     def _check_head_outputs(self, module: Any, inputs: Any, outputs: Any) -> None:
         import torch
@@ -141,6 +193,21 @@ class FiniteValuesHook(Hook):
     ) -> None:
         values = dict(outputs or {})
         terms = [k for k in values if k != "loss"] + (["loss"] if "loss" in values else [])
+        clipped = _logged_grad_norm(runner)
+        if clipped is not None and not math.isfinite(clipped) and not self._overflow_reported:
+            # Finite gradients whose norm overflows float32: clipping scaled them all to 0, the
+            # step changed nothing. Not a stop: one such step in a long run is harmless (a
+            # barely trained model's first QAT steps do this; see tests/test_stock_configs.py).
+            self._overflow_reported = True
+            console.log.warning(
+                f"iteration {runner.iter + 1}: the gradient norm is {clipped}: gradient clipping "
+                "scaled every gradient to 0 and the step changed nothing (said once; the "
+                "log's grad_norm shows each iteration); if it persists, "
+                + DIVERGENCE_ADVICE.replace(
+                    "gradient clipping (--cfg-options 'optim_wrapper.clip_grad={max_norm: 10}'), ",
+                    "",
+                )
+            )
         for name in terms:
             value = values[name]
             value = float(value.detach()) if hasattr(value, "detach") else float(value)
