@@ -37,6 +37,9 @@ class StockFamily:
     two_stage: bool = False
     # Gradient clipping for QAT of a barely trained model (see tests/test_stock_configs.py).
     qat_options: tuple[str, ...] = ()
+    # Its first LR scheduler is a warm-up counted in iterations (500-2000 in the stock configs:
+    # a short run would end inside it); YOLOX's counts epochs.
+    iteration_warmup: bool = True
 
 
 FAMILIES = {
@@ -57,6 +60,7 @@ FAMILIES = {
         f"{HEAD}, {_NO_BATCH_AUGMENT}",
         f"{HEAD}, {_NO_BATCH_AUGMENT}",
         qat_options=("optim_wrapper.clip_grad={max_norm: 10}",),
+        iteration_warmup=False,
     ),
     "rtmdet": StockFamily("rtmdet/rtmdet_tiny_8xb32-300e_coco.py", 640, 128, HEAD, HEAD),
     # Two-stage: compress and eval; export refused in one line.
