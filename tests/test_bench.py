@@ -188,6 +188,9 @@ def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -
         (["{fp32_xml}", "--plot", "out.jpg"], "--plot out.jpg: must be a .png file"),
         (["{fp32_xml}", "--eval-json", "{fp32_xml}"], "not a readable eval JSON"),
         (["model.txt"], "unknown model file type '.txt'"),
+        (["{fp32_xml}", "--rounds", "0"], "--rounds 0: must be from 1 to 1000"),
+        (["{fp32_xml}", "--layers", "-1"], "--layers -1: must be 0 (off) or more"),
+        (["{fp32_onnx}", "--layers", "3"], "--layers: per-layer times come from OpenVINO's"),
     ],
 )
 def test_bad_input_is_one_clear_line(
