@@ -167,10 +167,18 @@ def with_batch(model: ov.Model, batch: int) -> ov.Model:
 
 
 def compile_for_speed(
-    model: ov.Model, device: str, hint: str, f32: bool, threads: int | None
+    model: ov.Model,
+    device: str,
+    hint: str,
+    f32: bool,
+    threads: int | None,
+    perf_count: bool = False,
 ) -> Any:
-    """Compiled with OpenVINO's LATENCY or THROUGHPUT performance hint."""
+    """Compiled with OpenVINO's LATENCY or THROUGHPUT performance hint (and, with
+    `perf_count`, its per-layer performance counters on)."""
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+    if perf_count:
+        config["PERF_COUNT"] = True
     if f32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:
@@ -233,12 +241,8 @@ def layer_times(
     """Mean time of each executed runtime layer over `calls` synchronous calls, from OpenVINO's
     performance counters (a separate compilation: counting slows the calls it counts), with
     the kernel (`exec_type`, e.g. `brgconv_avx512_amx_I8`) and the precision it ran in."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-    if f32:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    request = core().compile_model(model, device, config).create_infer_request()
+    compiled = compile_for_speed(model, device, "LATENCY", f32, threads, perf_count=True)
+    request = compiled.create_infer_request()
     request.infer({INPUT_NAME: image})  # warm-up
     totals: dict[str, dict[str, Any]] = {}
     for _ in range(calls):
