@@ -12,7 +12,7 @@ import yaml
 
 from detcompress import console, patches
 from detcompress.config.mmdet_config import LoadedConfig, check_data_paths, load_config
-from detcompress.errors import CheckpointError, OutputExistsError, closest
+from detcompress.errors import CheckpointError, DetcompressError, OutputExistsError, closest
 from detcompress.files import (
     check_output_dir,
     check_output_file,
@@ -79,6 +79,8 @@ class CompressPlan:
     warnings: list[str] = field(default_factory=list)
     # What --max-iters/--max-epochs change in the config's schedule (train.runner.schedule_changes).
     schedule_notes: list[str] = field(default_factory=list)
+    # --max-accuracy-drop: post-training quantization within this mAP budget.
+    accuracy_budget: Any = None
 
     @property
     def schedule(self) -> str:
@@ -121,6 +123,11 @@ class CompressPlan:
             f"work dir:    {self.work_dir}",
             f"postprocessing compressed: {self.config.compress_postprocessing}",
         ]
+        if self.accuracy_budget is not None:
+            lines.append(
+                f"accuracy:    at most {self.accuracy_budget.describe()} below the float model's "
+                "validation mAP (quantizer groups kept in float as needed)"
+            )
         if self.schedule_notes:
             lines += ["schedule changes:", *(f"  {note}" for note in self.schedule_notes)]
         return "\n".join(lines)
@@ -137,6 +144,8 @@ class CompressResult:
     compression: dict[str, Any] = field(default_factory=dict)
     # Compression statistics of the final model (sparsity, pruning, quantizers).
     statistics: dict[str, Any] = field(default_factory=dict)
+    # --max-accuracy-drop: the search and the final drop (compression/accuracy_control.py).
+    accuracy_control: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
     # The trained model (unwrapped from DDP), for library callers; not part of the JSON.
@@ -176,6 +185,7 @@ class CompressResult:
             "world_size": self.world_size,
             "compression": self.compression,
             "statistics": self.statistics,
+            **({"accuracy_control": self.accuracy_control} if self.accuracy_control else {}),
             **self.metrics,
         }
 
@@ -188,8 +198,10 @@ def plan_compress(
     work_dir: Path | None = None,
     max_iters: int | None = None,
     max_epochs: int | None = None,
+    max_accuracy_drop: str | None = None,
 ) -> CompressPlan:
     loaded = load_config(config, preset, cfg_options)
+    budget = _accuracy_budget(max_accuracy_drop, loaded, max_iters)
     cfg = loaded.cfg
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
@@ -204,7 +216,30 @@ def plan_compress(
         max_epochs,
         list(loaded.warnings),
         schedule_changes(cfg, max_iters, max_epochs),
+        budget,
     )
+
+
+def _accuracy_budget(text: str | None, loaded: LoadedConfig, max_iters: int | None) -> Any:
+    """--max-accuracy-drop parsed, for what is built so far: post-training quantization."""
+    if text is None:
+        return None
+    from detcompress.compression.accuracy_control import Budget
+    from detcompress.errors import DetcompressError
+
+    budget = Budget.parse(text)
+    names = [a.name for a in loaded.nncf.algorithms]
+    if names != ["quantization"]:
+        raise DetcompressError(
+            f"--max-accuracy-drop needs an nncf_config that quantizes only (this one: "
+            f"{', '.join(names) or 'none'}); give --preset int8 or int8_mixed"
+        )
+    if max_iters != 0:
+        raise DetcompressError(
+            "--max-accuracy-drop works with post-training quantization for now: add "
+            "--max-iters 0 (accuracy-aware QAT is not built yet)"
+        )
+    return budget
 
 
 def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
@@ -254,6 +289,11 @@ def compress(
     report_lines: list[str] = list(plan.schedule_notes)
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
+        if plan.accuracy_budget is not None:
+            raise DetcompressError(
+                f"{plan.load_from}: already compressed; --max-accuracy-drop starts from a float "
+                "checkpoint (give the FP32 one to --load-from)"
+            )
         nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
         model = rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
@@ -261,7 +301,15 @@ def compress(
         if plan.load_from is not None and source is not None:
             filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
             report_lines.append(filled.line(plan.load_from))
-        if not nncf_config.is_empty:
+        if plan.accuracy_budget is not None:
+            if dist.distributed:
+                raise DetcompressError("--max-accuracy-drop runs in one process (no --launcher)")
+            model, init_report, nncf_config, control = quantize_within_budget(
+                cfg, model.to(target_device), nncf_config, plan.accuracy_budget, plan.work_dir
+            )
+            report_lines += init_report.lines
+            report = {**init_report.data, "accuracy_control": control.to_json()}
+        elif not nncf_config.is_empty:
             model, init_report = initialize_compression(cfg, model.to(target_device), nncf_config)
             report_lines += init_report.lines
             report = init_report.data
@@ -291,7 +339,32 @@ def compress(
         # Compression was initialized but nothing trained (post-training quantization): the
         # Runner saved nothing, so save the calibrated model here.
         checkpoint = runner.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
-    return _compress_result(result, checkpoint, nncf_config, report, dist)
+    compressed = _compress_result(result, checkpoint, nncf_config, report, dist)
+    if plan.accuracy_budget is not None:
+        compressed.accuracy_control = _final_accuracy(report["accuracy_control"], compressed)
+    return compressed
+
+
+def _final_accuracy(search: dict[str, Any], result: CompressResult) -> dict[str, Any]:
+    """The search's record with the final model's validation (the checkpoint's number)."""
+    from detcompress.compression.accuracy_control import METRIC, points
+
+    final = result.metrics.get(METRIC, 0.0)
+    drop = search["reference"] - final
+    allowed = search["allowed_drop_points"]
+    within = drop * 100 <= allowed + 1e-9
+    verdict = "within" if within else f"NOT within (missed by {drop * 100 - allowed:.2f})"
+    console.log.info(
+        f"accuracy control: final {METRIC} {final:.4f} against float {search['reference']:.4f}: "
+        f"drop {points(drop):.2f} points, {verdict} the budget of "
+        f"{allowed:.2f}"
+    )
+    return {
+        **search,
+        "final": final,
+        "final_drop_points": points(drop),
+        "final_within_budget": within,
+    }
 
 
 def _checked_device(launcher: str, device: str, command: str) -> Any:
@@ -405,6 +478,51 @@ def _compression_hooks(nncf_config: Any) -> list[Any]:
     from detcompress.train.compression_hook import CompressionScheduleHook
 
     return [CompressionScheduleHook(nncf_config)]
+
+
+def quantize_within_budget(
+    cfg: Any, model: Any, nncf_config: Any, budget: Any, work_dir: Path
+) -> tuple[Any, Any, Any, Any]:
+    """Post-training quantization with the fewest quantizer groups kept in float for the
+    validation mAP to stay within `budget` of the float model's (compression/accuracy_control):
+    (quantized model, its initialization report, the nncf_config with those operations in
+    ignored_scopes, the search's result). The search's report goes to the work dir."""
+    import json
+
+    from detcompress.compression import accuracy_control, nncf_adapter
+    from detcompress.config.presets import with_ignored_operations
+    from detcompress.files import atomic_write_text
+    from detcompress.measure.evaluation import Validator
+
+    validator = Validator(cfg)
+    console.log.info(f"accuracy control: validating the float model on {validator.images} images")
+    metric = accuracy_control.METRIC
+    reference = validator.metrics(model)[metric]
+    quantized, init_report = initialize_compression(cfg, model, nncf_config)
+    inputs = validator.inputs(model, accuracy_control.RANKING_IMAGES)
+    import torch
+
+    with torch.no_grad():
+        model.eval()
+        float_outputs = [model(x) for x in inputs]
+    groups = nncf_adapter.quantizer_groups(quantized, model, inputs[0])
+    result = accuracy_control.search(
+        groups,
+        quantized,
+        inputs,
+        float_outputs,
+        lambda: validator.metrics(quantized)[metric],
+        reference,
+        budget,
+        report=console.log.info,
+    )
+    if result.kept_in_float:
+        in_float = result.operations_in_float
+        nncf_config = with_ignored_operations(nncf_config, "quantization", in_float)
+        quantized, init_report = initialize_compression(cfg, model, nncf_config)
+    init_report.lines.extend(result.lines())
+    atomic_write_text(work_dir / "accuracy_control.json", json.dumps(result.to_json(), indent=2))
+    return quantized, init_report, nncf_config, result
 
 
 def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:

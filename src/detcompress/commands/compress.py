@@ -36,6 +36,15 @@ def compress(
         int | None, typer.Option(min=0, help="Train for N iterations (0: evaluate only).")
     ] = None,
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Train for N epochs.")] = None,
+    max_accuracy_drop: Annotated[
+        str | None,
+        typer.Option(
+            metavar="POINTS|PCT%",
+            help="Post-training quantization (--max-iters 0) that keeps the fewest quantizer "
+            "groups in float for the validation mAP to stay within this drop of the float "
+            "model's: mAP points (0.5) or a percentage of it (1%).",
+        ),
+    ] = None,
     cfg_options: CfgOptions = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the merged nncf_config and plan; exit.")
@@ -67,6 +76,7 @@ def compress(
         work_dir=work_dir,
         max_iters=max_iters,
         max_epochs=max_epochs,
+        max_accuracy_drop=max_accuracy_drop,
     )
     for warning in plan.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -261,9 +261,14 @@ def quantizer_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     ]
 
 
-# Hook names are '<pre|post>_hooks.<operation>__<port>.<index>'; weights enter a convolution or
-# matmul through port 1 and are quantized by a pre-hook there, activations everywhere else.
-_WEIGHT_HOOK = re.compile(r"^pre_hooks\..*__[1-9]\d*\.\d+$")
+# Hook names are '<pre|post>_hooks.<operation>__<port>.<index>' (an operation's name ends with
+# '<function>/<call>'); weights enter a convolution or linear layer through port 1 and are
+# quantized by a pre-hook there, activations everywhere else (also a pre-hook on port 1 of an
+# `add`, which NNCF places when one input of a residual add is not quantized elsewhere).
+_WEIGHT_HOOK = re.compile(
+    r"^pre_hooks\..*/(" + "|".join(sorted(_WEIGHTED_OPERATIONS)) + r")/\d+__[1-9]\d*\.\d+$"
+)
+_HOOK_NAME = re.compile(r"^(pre|post)_hooks\.(.*)__(\d+)\.\d+$")
 
 
 def count_quantizers(model: torch.nn.Module) -> tuple[int, int]:
@@ -294,6 +299,101 @@ def enable_quantizers(model: torch.nn.Module, weights: bool, activations: bool) 
                 module.enable_quantization()
             else:
                 module.disable_quantization()
+
+
+@dataclass
+class QuantizerGroup:
+    """Quantizers that go together: the operations whose inputs or weights they quantize, closed
+    under sharing (a quantizer on a producer's output serves all its consumers; concat inputs
+    share one). Keeping the group in float = these operations in `ignored_scopes`."""
+
+    operations: list[str]
+    hooks: list[str]
+    modules: list[Any] = field(repr=False)  # NNCF's BaseQuantizer
+
+    @property
+    def weight_quantizers(self) -> int:
+        return sum(1 for name in self.hooks if _WEIGHT_HOOK.match(name))
+
+    def set_enabled(self, enabled: bool) -> None:
+        for module in self.modules:
+            if enabled:
+                module.enable_quantization()
+            else:
+                module.disable_quantization()
+
+
+# Operations whose inputs NNCF quantizes for their own sake (besides the weighted ones): a
+# quantizer that reaches one of them serves it, not the operations after it. (Measured on YOLOX:
+# with the convolutions after a residual `add` ignored, the add's inputs stay quantized.)
+_QUANTIZED_INPUT_OPERATIONS = _WEIGHTED_OPERATIONS | {"add", "sub", "matmul", "bmm"}
+
+
+def quantizer_groups(
+    quantized: torch.nn.Module, original: torch.nn.Module, example_input: torch.Tensor
+) -> list[QuantizerGroup]:
+    """The quantized model's quantizers grouped by the operations they serve, found on the
+    graph of the original (float) model: a pre-hook serves its own operation; a post-hook on an
+    operation's output serves the operations with quantized inputs (convolutions, linear
+    layers, residual adds) that output reaches through the others (activations, pooling, concat,
+    upsampling)."""
+    graph = nncf.build_graph(original, example_input=example_input)
+    nodes = {node.node_name: node for node in graph.get_all_nodes()}
+
+    def served_by_output(name: str) -> set[str]:
+        found: set[str] = set()
+        stack, seen = [nodes[name]], {name}
+        while stack:
+            for successor in graph.get_next_nodes(stack.pop()):
+                if successor.node_name in seen:
+                    continue
+                seen.add(successor.node_name)
+                if successor.node_type in _QUANTIZED_INPUT_OPERATIONS:
+                    found.add(successor.node_name)
+                else:
+                    stack.append(successor)
+        return found
+
+    # Union-find over quantizers ("q", id) and operations ("o", name).
+    parent: dict[tuple[str, Any], tuple[str, Any]] = {}
+
+    def root(key: tuple[str, Any]) -> tuple[str, Any]:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    modules: dict[int, torch.nn.Module] = {}
+    hooks: dict[int, list[str]] = {}
+    for hook, module in quantizer_modules(quantized):
+        match = _HOOK_NAME.match(hook)
+        if match is None or match.group(2) not in nodes:
+            continue
+        kind, operation = match.group(1), match.group(2)
+        served = {operation} if kind == "pre" else served_by_output(operation)
+        modules[id(module)] = module
+        hooks.setdefault(id(module), []).append(hook)
+        root(("q", id(module)))
+        for name in served:
+            parent[root(("q", id(module)))] = root(("o", name))
+    members: dict[tuple[str, Any], list[int]] = {}
+    for key in modules:
+        members.setdefault(root(("q", key)), []).append(key)
+    operations: dict[tuple[str, Any], list[str]] = {}
+    for node in list(parent):
+        if node[0] == "o":
+            operations.setdefault(root(node), []).append(node[1])
+    groups = [
+        QuantizerGroup(
+            operations=sorted(operations.get(group_root, [])),
+            hooks=sorted(h for key in keys for h in hooks[key]),
+            modules=[modules[key] for key in keys],
+        )
+        for group_root, keys in members.items()
+    ]
+    # Quantizers that serve no operation (only the model's outputs) cannot be named in
+    # ignored_scopes; they stay as they are.
+    return [group for group in groups if group.operations]
 
 
 def is_compressed(model: torch.nn.Module) -> bool:

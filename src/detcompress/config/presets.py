@@ -370,6 +370,19 @@ def build_nncf_config(merged: dict[str, Any], source: str) -> NNCFConfig:
     )
 
 
+def with_ignored_operations(
+    nncf_config: NNCFConfig, algorithm: str, operations: list[str]
+) -> NNCFConfig:
+    """`nncf_config` with `operations` added to `algorithm`'s ignored_scopes (exact names, after
+    the user's own scopes), so that the stored config rebuilds the same model."""
+    merged = copy.deepcopy(nncf_config.raw)
+    for algo in _as_list(merged.get("compression", [])):
+        if isinstance(algo, dict) and algo.get("algorithm") == algorithm:
+            scopes = list(_as_list(algo.get("ignored_scopes", [])))
+            algo["ignored_scopes"] = scopes + [op for op in operations if op not in scopes]
+    return build_nncf_config(merged, "nncf_config")
+
+
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Key paths whose values differ between two nncf_configs (for refusing a mismatch)."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -253,3 +253,47 @@ class _Timer(Hook):
     ) -> None:
         self.seconds += time.perf_counter() - self._start
         self.images += len(outputs or [])
+
+
+class Validator:
+    """mAP of an in-process model on the config's validation set (its val_dataloader and
+    val_evaluator, as the Runner's validation), without a Runner: the accuracy-controlled
+    search evaluates many variants of one model. The dataloader is built once."""
+
+    def __init__(self, cfg: Any) -> None:
+        import copy
+
+        from mmengine.evaluator import Evaluator
+        from mmengine.runner import Runner
+
+        loader_cfg = copy.deepcopy(cfg.val_dataloader)
+        if not loader_cfg.get("num_workers"):
+            loader_cfg["persistent_workers"] = False
+        self.loader = Runner.build_dataloader(loader_cfg, seed=0)
+        self.evaluator = Evaluator(copy.deepcopy(cfg.val_evaluator))
+        self.evaluator.dataset_meta = self.loader.dataset.metainfo
+        self.images = len(self.loader.dataset)
+
+    def metrics(self, model: Any) -> dict[str, float]:
+        """The evaluator's metrics ('bbox_mAP', ...: fractions, mmdet's prefix removed)."""
+        import torch
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), console.mmengine_output():
+            for batch in self.loader:
+                self.evaluator.process(data_samples=model.val_step(batch), data_batch=batch)
+            metrics = self.evaluator.evaluate(self.images)
+        model.train(was_training)
+        return _with_map_keys({k.split("/", 1)[-1]: float(v) for k, v in metrics.items()})
+
+    def inputs(self, model: Any, images: int) -> list[Any]:
+        """The model inputs (preprocessed batches) of the first `images` validation images."""
+        batches: list[Any] = []
+        seen = 0
+        for batch in self.loader:
+            if seen >= images:
+                break
+            batches.append(model.data_preprocessor(batch, False)["inputs"])
+            seen += len(batches[-1])
+        return batches

@@ -1,0 +1,278 @@
+"""Post-training quantization within an mAP budget (`compress --max-iters 0
+--max-accuracy-drop D`): what NNCF's accuracy restorer does for OpenVINO models, here for a
+PyTorch detector, so that the result can still be fine-tuned.
+
+1. The quantizers are grouped by the operations they serve (`nncf_adapter.quantizer_groups`).
+2. Each group is switched off in turn and ranked by how much of the quantized model's output
+   error (against the float model, on a few validation images) that removes: one forward of a
+   few images per group, so the ranking grows linearly with the number of groups.
+3. The shortest prefix of that ranking that brings the validation mAP within the budget is found
+   with the metric itself (prefixes of 1, 2, 4, ... groups, then bisection: a logarithmic number
+   of validations).
+4. The caller re-quantizes with those groups' operations in `ignored_scopes` (so the stored
+   nncf_config rebuilds the same model) and validates once more.
+
+No NNCF call here: the groups come in with their on/off switch.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from detcompress.errors import DetcompressError
+
+METRIC = "bbox_mAP"
+# Validation images whose outputs rank the groups (the first ones of the validation set).
+RANKING_IMAGES = 16
+
+
+class Group(Protocol):
+    operations: list[str]
+    hooks: list[str]
+
+    @property
+    def weight_quantizers(self) -> int: ...
+
+    def set_enabled(self, enabled: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The largest mAP drop allowed: absolute, in mAP points (0.5 = 0.005 of mmdet's fraction),
+    or relative to the reference (`1%`)."""
+
+    value: float
+    relative: bool
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--max-accuracy-drop") -> Budget:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*", text)
+        if match is None:
+            raise DetcompressError(
+                f"{option} is '{text}'; give mAP points (e.g. 0.5) or a percentage of the "
+                "reference mAP (e.g. 1%)"
+            )
+        value = float(match.group(1))
+        if match.group(2) and value >= 100:
+            raise DetcompressError(f"{option} is '{text}'; a percentage must be below 100%")
+        return cls(value, relative=bool(match.group(2)))
+
+    def allowed(self, reference: float) -> float:
+        """The allowed drop as a fraction of mAP (mmdet's unit)."""
+        return reference * self.value / 100 if self.relative else self.value / 100
+
+    def describe(self) -> str:
+        if self.relative:
+            return f"{self.value:g}% of the reference mAP"
+        return f"{self.value:g} points"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "relative": self.relative}
+
+
+def points(drop: float) -> float:
+    return round(drop * 100, 2)
+
+
+@dataclass
+class RankedGroup:
+    operations: list[str]
+    quantizers: int
+    weight_quantizers: int
+    error_removed: float  # share of the quantized model's output error gone with it in float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations,
+            "quantizers": self.quantizers,
+            "weight_quantizers": self.weight_quantizers,
+            "error_removed": round(self.error_removed, 4),
+        }
+
+
+@dataclass
+class SearchResult:
+    budget: Budget
+    reference: float  # the float model's mAP
+    quantized: float  # every group quantized
+    ranking: list[RankedGroup]
+    kept_in_float: int = 0  # the first groups of the ranking
+    # (groups in float, mAP) for every prefix validated, in the order validated.
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    within_budget: bool = True
+    seconds: float = 0.0
+
+    @property
+    def operations_in_float(self) -> list[str]:
+        return sorted(op for group in self.ranking[: self.kept_in_float] for op in group.operations)
+
+    def drop(self, value: float) -> float:
+        return self.reference - value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": METRIC,
+            "budget": self.budget.to_json(),
+            "allowed_drop_points": points(self.budget.allowed(self.reference)),
+            "reference": self.reference,
+            "quantized": self.quantized,
+            "groups_in_float": self.kept_in_float,
+            "operations_in_float": self.operations_in_float,
+            "within_budget": self.within_budget,
+            "steps": [{"groups_in_float": k, METRIC: value} for k, value in self.steps],
+            "search_seconds": round(self.seconds, 1),
+            "ranking": [group.to_json() for group in self.ranking],
+        }
+
+    def lines(self, top: int = 10) -> list[str]:
+        allowed = self.budget.allowed(self.reference)
+        out = [
+            f"accuracy control: reference (float) {METRIC} {self.reference:.4f}, all quantized "
+            f"{self.quantized:.4f} (drop {points(self.drop(self.quantized)):.2f} points; budget "
+            f"{self.budget.describe()} = {points(allowed):.2f} points)",
+        ]
+        if self.steps:
+            tried = ", ".join(f"{k} group(s) {value:.4f}" for k, value in self.steps)
+            out.append(f"accuracy control: validated with the top-ranked groups in float: {tried}")
+        if not self.ranking:
+            return out
+        out.append("sensitivity (quantizer groups ranked by the output error each removes):")
+        out.append(f"  {'rank':>4}  {'error removed':>13}  {'quantizers':>10}  operations")
+        for index, group in enumerate(self.ranking[:top], 1):
+            mark = "*" if index <= self.kept_in_float else " "
+            names = ", ".join(group.operations[:3]) + (
+                f", ... ({len(group.operations)} in all)" if len(group.operations) > 3 else ""
+            )
+            out.append(
+                f"  {index:>3}{mark}  {group.error_removed:>12.1%}  {group.quantizers:>10}  {names}"
+            )
+        if len(self.ranking) > top:
+            out.append(f"  ... {len(self.ranking) - top} more groups (all in the JSON report)")
+        if self.kept_in_float:
+            out.append(
+                f"accuracy control: {self.kept_in_float} group(s) (marked *) kept in float: "
+                f"{len(self.operations_in_float)} operations added to the quantization's "
+                "ignored_scopes"
+            )
+        return out
+
+
+def output_error(outputs: Any, reference: Any) -> float:
+    """Relative squared error of a detector's raw outputs (tensor mode: nested tuples / lists
+    of tensors): sum over tensors of mean((q - f)^2) / mean(f^2)."""
+    pairs = list(zip(_tensors(outputs), _tensors(reference), strict=True))
+    total = 0.0
+    for q, f in pairs:
+        scale = float(f.float().pow(2).mean()) or 1.0
+        total += float((q.float() - f.float()).pow(2).mean()) / scale
+    return total
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for key in sorted(value) for t in _tensors(value[key])]
+    return []
+
+
+def rank_groups(
+    groups: Sequence[Group], model: torch.nn.Module, inputs: list[Any], reference: list[Any]
+) -> list[tuple[Group, RankedGroup]]:
+    """Each group switched off in turn; ranked by the share of the output error it removes."""
+
+    @torch.no_grad()
+    def error() -> float:
+        return sum(output_error(model(x), ref) for x, ref in zip(inputs, reference, strict=True))
+
+    was_training = model.training
+    model.eval()
+    base = error() or 1.0
+    ranked = []
+    for group in groups:
+        group.set_enabled(False)
+        removed = (base - error()) / base
+        group.set_enabled(True)
+        ranked.append(
+            (
+                group,
+                RankedGroup(
+                    list(group.operations),
+                    len(group.hooks),
+                    group.weight_quantizers,
+                    removed,
+                ),
+            )
+        )
+    model.train(was_training)
+    ranked.sort(key=lambda pair: -pair[1].error_removed)
+    return ranked
+
+
+def search(
+    groups: Sequence[Group],
+    model: torch.nn.Module,
+    inputs: list[Any],
+    reference_outputs: list[Any],
+    evaluate: Callable[[], float],
+    reference: float,
+    budget: Budget,
+    report: Callable[[str], None] = lambda line: None,
+) -> SearchResult:
+    """The fewest top-ranked groups to keep in float for `evaluate()` (the quantized model's
+    validation mAP) to be within `budget` of `reference`. Leaves every group switched on."""
+    start = time.perf_counter()
+    allowed = budget.allowed(reference)
+    quantized = evaluate()
+    report(
+        f"accuracy control: float {METRIC} {reference:.4f}, quantized {quantized:.4f} (drop "
+        f"{points(reference - quantized):.2f} points, budget {points(allowed):.2f})"
+    )
+    # Ranked even when within budget: the sensitivity report is for the user to read too.
+    report(f"accuracy control: ranking {len(groups)} quantizer groups on {len(inputs)} batches")
+    ranked = rank_groups(groups, model, inputs, reference_outputs)
+    result = SearchResult(budget, reference, quantized, [info for _, info in ranked])
+    if reference - quantized <= allowed:
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def within(count: int) -> bool:
+        for index, (group, _) in enumerate(ranked):
+            group.set_enabled(index >= count)
+        value = evaluate()
+        result.steps.append((count, value))
+        report(
+            f"accuracy control: {count} group(s) in float: {METRIC} {value:.4f} (drop "
+            f"{points(reference - value):.2f} points)"
+        )
+        return reference - value <= allowed
+
+    failing, passing = 0, None
+    count = 1
+    while count < len(ranked):
+        if within(count):
+            passing = count
+            break
+        failing, count = count, count * 2
+    if passing is None:
+        passing = len(ranked)
+        result.within_budget = within(passing)
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
+        if within(middle):
+            passing = middle
+        else:
+            failing = middle
+    for group, _ in ranked:
+        group.set_enabled(True)
+    result.kept_in_float = passing
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,249 @@
+"""Post-training quantization within an mAP budget (`compress --max-accuracy-drop`): the
+budget's parsing, the search over ranked quantizer groups, the groups against NNCF's own
+ignored_scopes on the tiny YOLOX, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FAST_INIT
+from detcompress.cli import app
+from detcompress.compression.accuracy_control import Budget, output_error, search
+from detcompress.errors import DetcompressError
+
+runner = CliRunner()
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+
+
+def test_budget_in_points_and_percent() -> None:
+    assert Budget.parse("0.5").allowed(0.6) == pytest.approx(0.005)
+    assert Budget.parse("1%").allowed(0.6) == pytest.approx(0.006)
+    assert Budget.parse("0").allowed(0.6) == 0.0
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "0.5pt", "100%", ""])
+def test_budget_refuses_other_text(text: str) -> None:
+    with pytest.raises(DetcompressError, match="--max-accuracy-drop is"):
+        Budget.parse(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search, on groups whose cost is known
+
+
+class _Group:
+    """A quantizer group that adds `noise` to the model's output while enabled."""
+
+    def __init__(self, name: str, noise: float) -> None:
+        self.operations = [name]
+        self.hooks = [f"pre_hooks.{name}__1.0"]
+        self.noise = noise
+        self.enabled = True
+
+    @property
+    def weight_quantizers(self) -> int:
+        return 1
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, groups: list[_Group]) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor]]:
+        return ([x + sum(g.noise for g in self.groups if g.enabled)],)
+
+
+def test_search_keeps_the_fewest_costly_groups_in_float() -> None:
+    noises = [0.01, 0.5, 0.02, 0.3, 0.0, 0.2, 0.01, 0.05, 0.03, 0.04]
+    groups = [_Group(f"op{i}", n) for i, n in enumerate(noises)]
+    model = _Model(groups)
+    inputs = [torch.ones(1, 4)]
+    evaluations = []
+
+    def evaluate() -> float:  # mAP falls by the noise left quantized
+        evaluations.append(1)
+        return 0.6 - sum(g.noise for g in groups if g.enabled) / 10
+
+    result = search(groups, model, inputs, [torch.ones(1, 4)], evaluate, 0.6, Budget.parse("1"))
+    # Ranked by the output error each removes: the noisiest first.
+    assert [r.operations[0] for r in result.ranking[:4]] == ["op1", "op3", "op5", "op7"]
+    # 0.5 + 0.3 + 0.2 in float leaves 0.16 of noise = 1.6 points > 1; with op7 too, 1.1; with
+    # op9, 0.7 points: five groups are the fewest.
+    assert result.kept_in_float == 5 and result.within_budget
+    assert sorted(result.operations_in_float) == ["op1", "op3", "op5", "op7", "op9"]
+    remaining = sum(g.noise for g in groups if g.operations[0] not in result.operations_in_float)
+    assert 0.6 - (0.6 - remaining / 10) <= 0.01 + 1e-12
+    # Logarithmic: the all-quantized validation, doublings, then bisection.
+    assert len(evaluations) <= 2 + 2 * math.ceil(math.log2(len(groups)))
+    assert all(g.enabled for g in groups)  # left as found
+
+
+def test_search_within_budget_at_once_keeps_everything_quantized() -> None:
+    groups = [_Group("a", 0.1), _Group("b", 0.2)]
+    result = search(
+        groups, _Model(groups), [torch.ones(1, 2)], [torch.ones(1, 2)], lambda: 0.6, 0.6,
+        Budget.parse("0"),
+    )  # fmt: skip
+    assert result.kept_in_float == 0 and result.steps == []
+    assert [r.operations for r in result.ranking] == [["b"], ["a"]]  # still reported
+
+
+def test_search_says_when_even_all_groups_in_float_miss_the_budget() -> None:
+    groups = [_Group("a", 0.1), _Group("b", 0.2), _Group("c", 0.3)]
+    result = search(
+        groups, _Model(groups), [torch.ones(1, 2)], [torch.ones(1, 2)], lambda: 0.5, 0.6,
+        Budget.parse("1"),
+    )  # fmt: skip
+    assert not result.within_budget and result.kept_in_float == 3
+
+
+def test_output_error_is_relative_and_zero_for_equal_outputs() -> None:
+    f = ([torch.full((2, 3), 2.0)], [torch.ones(4)])
+    assert output_error(f, f) == 0.0
+    q = ([torch.full((2, 3), 3.0)], [torch.ones(4)])
+    assert output_error(q, f) == pytest.approx(1 / 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny YOLOX: groups against NNCF's own ignored_scopes
+
+
+@pytest.fixture(scope="module")
+def tiny_quantized(tiny_workspace: Path, tiny_fp32: dict) -> dict[str, Any]:
+    from detcompress import api
+    from detcompress.config.mmdet_config import load_config
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.train.runner import prepare_cfg
+
+    loaded = load_config(tiny_workspace / "configs" / "demo.py", "int8", list(FAST_INIT))
+    prepare_cfg(loaded.cfg, tiny_workspace / "unused", 0, None)
+    model = detector.build_detector(loaded.cfg)
+    checkpoint = Path(tiny_fp32["checkpoint"])
+    detector.load_weights(model, load_checkpoint(checkpoint), checkpoint, False)
+    model.eval()
+    quantized, _ = api.initialize_compression(loaded.cfg, model, loaded.nncf)
+    return {"cfg": loaded.cfg, "nncf": loaded.nncf, "model": model, "quantized": quantized}
+
+
+@pytest.mark.slow
+def test_groups_are_what_ignored_scopes_remove(tiny_quantized: dict) -> None:
+    """Every quantizer is in one group; keeping a group's operations in float through NNCF's
+    ignored_scopes removes exactly that group's quantizers."""
+    from detcompress import api
+    from detcompress.compression import nncf_adapter
+    from detcompress.config.presets import with_ignored_operations
+
+    quantized, model = tiny_quantized["quantized"], tiny_quantized["model"]
+    groups = nncf_adapter.quantizer_groups(quantized, model, torch.zeros(1, 3, 96, 96))
+    all_quantizers = {id(m) for _, m in nncf_adapter.quantizer_modules(quantized)}
+    in_groups = [id(m) for g in groups for m in g.modules]
+    assert sorted(in_groups) == sorted(all_quantizers)  # each in exactly one group
+    hooks = {h for h, _ in nncf_adapter.quantizer_modules(quantized)}
+    # The largest groups: shared quantizers (concat inputs), residual adds, plain convolutions.
+    for group in [*sorted(groups, key=lambda g: -len(g.hooks))[:3], groups[0]]:
+        config = with_ignored_operations(tiny_quantized["nncf"], "quantization", group.operations)
+        assert set(group.operations) <= set(config.quantization.ignored_scopes)
+        requantized, _ = api.initialize_compression(tiny_quantized["cfg"], model, config)
+        after = {h for h, _ in nncf_adapter.quantizer_modules(requantized)}
+        assert hooks - after == set(group.hooks), group.operations
+        weights_before = nncf_adapter.count_quantizers(quantized)[0]
+        weights_after = nncf_adapter.count_quantizers(requantized)[0]
+        assert weights_before - weights_after == group.weight_quantizers
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _budgeted(
+    tiny_workspace: Path, load_from: str, work_dir: Path, *extra: str, preset: str = "int8"
+) -> Any:
+    options = ["--cfg-options", *FAST_INIT] if preset == "int8" else []
+    return runner.invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", preset,
+         "--max-iters", "0", "--load-from", load_from, "--work-dir", str(work_dir),
+         *extra, *options],
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_budgeted_ptq_end_to_end(tiny_workspace: Path, tiny_fp32: dict, tmp_path: Path) -> None:
+    report = tmp_path / "ptq.json"
+    work_dir = tmp_path / "ptq"
+    result = _budgeted(
+        tiny_workspace, tiny_fp32["checkpoint"], work_dir, "--max-accuracy-drop", "0.5",
+        "--json", str(report),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    data = json.loads(report.read_text())
+    control = data["accuracy_control"]
+    # The reference is the float model's validation mAP: what the FP32 run reported.
+    assert control["reference"] == pytest.approx(tiny_fp32["bbox_mAP"])
+    assert control["final"] == pytest.approx(data["bbox_mAP"])
+    assert control["allowed_drop_points"] == 0.5
+    assert control["final_within_budget"] == (
+        control["reference"] - control["final"] <= 0.005 + 1e-9
+    )
+    # Every quantizer group is ranked, each with its share of the output error.
+    ranking = control["ranking"]
+    quantizers = data["statistics"]["quantization"]
+    assert sum(g["quantizers"] for g in ranking) >= quantizers["weight_quantizers"]
+    assert all(0 <= g["weight_quantizers"] <= g["quantizers"] for g in ranking)
+    errors = [g["error_removed"] for g in ranking]
+    assert errors == sorted(errors, reverse=True)
+    assert json.loads((work_dir / "accuracy_control.json").read_text())["ranking"] == ranking
+    assert "sensitivity (quantizer groups ranked" in result.output
+    # The checkpoint keeps the search and the nncf_config that rebuilds the model.
+    checkpoint = torch.load(data["checkpoint"], weights_only=True)
+    meta = checkpoint["meta"]["detcompress"]
+    assert meta["compression_summary"]["accuracy_control"]["reference"] == control["reference"]
+    ignored = meta["nncf_config"]["compression"].get("ignored_scopes", [])
+    assert sorted(ignored) == sorted(control["operations_in_float"])
+
+
+@pytest.mark.parametrize(
+    ("preset", "drop", "message"),
+    [
+        ("int8", "lots", "--max-accuracy-drop is 'lots'"),
+        ("int8", "150%", "a percentage must be below 100%"),
+        ("filter_pruning", "0.5", "quantizes only"),
+    ],
+)
+def test_budget_bad_input_one_line(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path: Path, preset: str, drop: str, message: str
+) -> None:
+    result = _budgeted(
+        tiny_workspace, tiny_fp32["checkpoint"], tmp_path / "w", "--max-accuracy-drop", drop,
+        preset=preset,
+    )  # fmt: skip
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_budget_needs_post_training(tiny_workspace: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
+         "--max-iters", "5", "--max-accuracy-drop", "0.5", "--work-dir", str(tmp_path / "w")],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "add --max-iters 0" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
