@@ -489,37 +489,49 @@ def quantize_within_budget(
     ignored_scopes, the search's result). The search's report goes to the work dir."""
     import json
 
+    import torch
+
     from detcompress.compression import accuracy_control, nncf_adapter
     from detcompress.config.presets import with_ignored_operations
     from detcompress.files import atomic_write_text
     from detcompress.measure.evaluation import Validator
 
     validator = Validator(cfg)
-    console.log.info(f"accuracy control: validating the float model on {validator.images} images")
     metric = accuracy_control.METRIC
+    console.log.info(f"accuracy control: validating the float model on {validator.images} images")
     reference = validator.metrics(model)[metric]
     quantized, init_report = initialize_compression(cfg, model, nncf_config)
     inputs = validator.inputs(model, accuracy_control.RANKING_IMAGES)
-    import torch
-
     with torch.no_grad():
         model.eval()
         float_outputs = [model(x) for x in inputs]
     groups = nncf_adapter.quantizer_groups(quantized, model, inputs[0])
-    result = accuracy_control.search(
-        groups,
-        quantized,
-        inputs,
-        float_outputs,
-        lambda: validator.metrics(quantized)[metric],
-        reference,
-        budget,
-        report=console.log.info,
+    console.log.info(
+        f"accuracy control: ranking {len(groups)} quantizer groups on {len(inputs)} batches"
     )
-    if result.kept_in_float:
-        in_float = result.operations_in_float
-        nncf_config = with_ignored_operations(nncf_config, "quantization", in_float)
-        quantized, init_report = initialize_compression(cfg, model, nncf_config)
+    ranking = accuracy_control.rank_groups(groups, quantized, inputs, float_outputs)
+    allowed = budget.allowed(reference)
+    # The model of each validated prefix, kept while it may be the answer: the latest within
+    # budget (prefixes within budget only get shorter) or, failing all, every group in float.
+    built: dict[int, tuple[Any, Any, Any]] = {}
+
+    def evaluate(count: int) -> float:
+        if count == 0:
+            candidate = (quantized, init_report, nncf_config)
+        else:
+            operations = sorted(op for group in ranking[:count] for op in group.operations)
+            config = with_ignored_operations(nncf_config, "quantization", operations)
+            candidate = (*initialize_compression(cfg, model, config), config)
+        value = validator.metrics(candidate[0])[metric]
+        if reference - value <= allowed or count == len(ranking):
+            built.clear()
+            built[count] = candidate
+        return value
+
+    result = accuracy_control.search(ranking, evaluate, reference, budget, console.log.info)
+    quantized, init_report, nncf_config = built.get(
+        result.kept_in_float, (quantized, init_report, nncf_config)
+    )
     init_report.lines.extend(result.lines())
     atomic_write_text(work_dir / "accuracy_control.json", json.dumps(result.to_json(), indent=2))
     return quantized, init_report, nncf_config, result

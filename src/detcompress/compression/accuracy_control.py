@@ -9,10 +9,10 @@ PyTorch detector, so that the result can still be fine-tuned.
 3. The shortest prefix of that ranking that brings the validation mAP within the budget is found
    with the metric itself (prefixes of 1, 2, 4, ... groups, then bisection: a logarithmic number
    of validations).
-4. The caller re-quantizes with those groups' operations in `ignored_scopes` (so the stored
-   nncf_config rebuilds the same model) and validates once more.
+   Each prefix is validated on the model as it will be saved: re-quantized with those groups'
+   operations in `ignored_scopes` (so the stored nncf_config rebuilds the same model).
 
-No NNCF call here: the groups come in with their on/off switch.
+No NNCF call here: the groups come in with their on/off switch, the validation as a callback.
 """
 
 from __future__ import annotations
@@ -186,8 +186,9 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 def rank_groups(
     groups: Sequence[Group], model: torch.nn.Module, inputs: list[Any], reference: list[Any]
-) -> list[tuple[Group, RankedGroup]]:
-    """Each group switched off in turn; ranked by the share of the output error it removes."""
+) -> list[RankedGroup]:
+    """Each group switched off in turn; ranked by the share of the output error it removes.
+    Leaves every group switched on."""
 
     @torch.no_grad()
     def error() -> float:
@@ -202,52 +203,39 @@ def rank_groups(
         removed = (base - error()) / base
         group.set_enabled(True)
         ranked.append(
-            (
-                group,
-                RankedGroup(
-                    list(group.operations),
-                    len(group.hooks),
-                    group.weight_quantizers,
-                    removed,
-                ),
-            )
+            RankedGroup(list(group.operations), len(group.hooks), group.weight_quantizers, removed)
         )
     model.train(was_training)
-    ranked.sort(key=lambda pair: -pair[1].error_removed)
+    ranked.sort(key=lambda info: -info.error_removed)
     return ranked
 
 
 def search(
-    groups: Sequence[Group],
-    model: torch.nn.Module,
-    inputs: list[Any],
-    reference_outputs: list[Any],
-    evaluate: Callable[[], float],
+    ranking: list[RankedGroup],
+    evaluate: Callable[[int], float],
     reference: float,
     budget: Budget,
     report: Callable[[str], None] = lambda line: None,
 ) -> SearchResult:
-    """The fewest top-ranked groups to keep in float for `evaluate()` (the quantized model's
-    validation mAP) to be within `budget` of `reference`. Leaves every group switched on."""
+    """The fewest top-ranked groups to keep in float for the validation mAP to be within
+    `budget` of `reference`. `evaluate(k)` is the mAP of the model with the first k groups of
+    the ranking in float (k = 0: all quantized), as it will be saved: each prefix is validated on
+    the real model, so the ranking being a proxy costs validations, never the budget."""
     start = time.perf_counter()
     allowed = budget.allowed(reference)
-    quantized = evaluate()
+    quantized = evaluate(0)
     report(
-        f"accuracy control: float {METRIC} {reference:.4f}, quantized {quantized:.4f} (drop "
+        f"accuracy control: float {METRIC} {reference:.4f}, all quantized {quantized:.4f} (drop "
         f"{points(reference - quantized):.2f} points, budget {points(allowed):.2f})"
     )
-    # Ranked even when within budget: the sensitivity report is for the user to read too.
-    report(f"accuracy control: ranking {len(groups)} quantizer groups on {len(inputs)} batches")
-    ranked = rank_groups(groups, model, inputs, reference_outputs)
-    result = SearchResult(budget, reference, quantized, [info for _, info in ranked])
-    if reference - quantized <= allowed:
+    result = SearchResult(budget, reference, quantized, ranking)
+    if reference - quantized <= allowed or not ranking:
+        result.within_budget = reference - quantized <= allowed
         result.seconds = time.perf_counter() - start
         return result
 
     def within(count: int) -> bool:
-        for index, (group, _) in enumerate(ranked):
-            group.set_enabled(index >= count)
-        value = evaluate()
+        value = evaluate(count)
         result.steps.append((count, value))
         report(
             f"accuracy control: {count} group(s) in float: {METRIC} {value:.4f} (drop "
@@ -255,15 +243,16 @@ def search(
         )
         return reference - value <= allowed
 
+    # Prefixes of 1, 2, 4, ... groups until one is within budget, then bisection below it.
     failing, passing = 0, None
     count = 1
-    while count < len(ranked):
+    while count < len(ranking):
         if within(count):
             passing = count
             break
         failing, count = count, count * 2
     if passing is None:
-        passing = len(ranked)
+        passing = len(ranking)
         result.within_budget = within(passing)
     while passing - failing > 1:
         middle = (failing + passing) // 2
@@ -271,8 +260,6 @@ def search(
             passing = middle
         else:
             failing = middle
-    for group, _ in ranked:
-        group.set_enabled(True)
     result.kept_in_float = passing
     result.seconds = time.perf_counter() - start
     return result

@@ -327,6 +327,12 @@ class QuantizerGroup:
 # quantizer that reaches one of them serves it, not the operations after it. (Measured on YOLOX:
 # with the convolutions after a residual `add` ignored, the add's inputs stay quantized.)
 _QUANTIZED_INPUT_OPERATIONS = _WEIGHTED_OPERATIONS | {"add", "sub", "matmul", "bmm"}
+# Operations that pass a quantized input on (NNCF moves their input quantizer to their output);
+# with their consumers in float, NNCF quantizes their input again (YOLOX's neck upsampling, seen
+# as a new quantizer on the interpolate's input): they belong to the group they feed.
+_PASSING_QUANTIZED_OPERATIONS = {
+    "interpolate", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+}  # fmt: skip
 
 
 def quantizer_groups(
@@ -341,7 +347,7 @@ def quantizer_groups(
     nodes = {node.node_name: node for node in graph.get_all_nodes()}
 
     def served_by_output(name: str) -> set[str]:
-        found: set[str] = set()
+        found = {name} if nodes[name].node_type in _PASSING_QUANTIZED_OPERATIONS else set()
         stack, seen = [nodes[name]], {name}
         while stack:
             for successor in graph.get_next_nodes(stack.pop()):
@@ -350,8 +356,10 @@ def quantizer_groups(
                 seen.add(successor.node_name)
                 if successor.node_type in _QUANTIZED_INPUT_OPERATIONS:
                     found.add(successor.node_name)
-                else:
-                    stack.append(successor)
+                    continue
+                if successor.node_type in _PASSING_QUANTIZED_OPERATIONS:
+                    found.add(successor.node_name)
+                stack.append(successor)
         return found
 
     # Union-find over quantizers ("q", id) and operations ("o", name).

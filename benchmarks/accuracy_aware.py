@@ -1,0 +1,131 @@
+"""Post-training quantization with and without an mAP budget on the demo, measured in one run:
+FP32 mAP, plain PTQ mAP, budgeted PTQ mAP (`--max-accuracy-drop`), the operations left in
+float, the int8 convolutions and latency of both IRs against the FP32 IR (interleaved `bench`),
+and the wall time of the search.
+
+    .venv/bin/python benchmarks/accuracy_aware.py [--workspace demo_ws] [--load-from FP32.pth]
+        [--budget 0.5] [--preset int8] [--seconds 5] [--out DIR]
+
+The FP32 checkpoint defaults to the one `make demo` trained (results/train_fp32.json). Every
+step goes through the detcompress CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def detcompress(*args: str) -> float:
+    """Run one command; its wall time in seconds."""
+    script = Path(sys.executable).with_name("detcompress")
+    launcher = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "from detcompress.cli import main; main()"]
+    )
+    print("$ detcompress " + " ".join(args), flush=True)
+    start = time.perf_counter()
+    subprocess.run([*launcher, *args], check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--workspace", type=Path, default=Path("demo_ws"))
+    parser.add_argument("--load-from", type=Path, help="FP32 checkpoint (default: the demo's)")
+    parser.add_argument("--budget", default="0.5", help="--max-accuracy-drop (default 0.5)")
+    parser.add_argument("--preset", default="int8")
+    parser.add_argument("--seconds", type=float, default=5.0, help="bench seconds per model")
+    parser.add_argument("--out", type=Path, help="work here (default: WORKSPACE/accuracy_aware)")
+    args = parser.parse_args()
+
+    ws = args.workspace
+    config = ws / "configs" / "demo.py"
+    fp32 = args.load_from or Path(
+        json.loads((ws / "results" / "train_fp32.json").read_text())["checkpoint"]
+    )
+    out = args.out or ws / "accuracy_aware"
+    out.mkdir(parents=True, exist_ok=True)
+    common = ["--preset", args.preset, "--max-iters", "0", "--load-from", str(fp32), "--force"]
+
+    detcompress("compress", str(config), *common, "--work-dir", str(out / "ptq"),
+                "--json", str(out / "ptq.json"))  # fmt: skip
+    search_wall = detcompress(
+        "compress", str(config), *common, "--work-dir", str(out / "budget"),
+        "--max-accuracy-drop", args.budget, "--json", str(out / "budget.json"),
+    )  # fmt: skip
+    ptq = json.loads((out / "ptq.json").read_text())
+    budget = json.loads((out / "budget.json").read_text())
+    control = budget["accuracy_control"]
+
+    irs = {}
+    for name, checkpoint in (
+        ("fp32", fp32),
+        ("ptq", ptq["checkpoint"]),
+        ("budget", budget["checkpoint"]),
+    ):
+        target = out / f"export_{name}"
+        detcompress("export", str(checkpoint), "--to", "openvino", "--out", str(target),
+                    "--force", "--verify-images", "4")  # fmt: skip
+        irs[name] = target / "model.xml"
+    detcompress("bench", *(str(p) for p in irs.values()), "--mode", "latency", "--seconds",
+                str(args.seconds), "--json", str(out / "bench.json"))  # fmt: skip
+    bench: dict[str, Any] = {
+        name: row
+        for name, row in zip(
+            irs, json.loads((out / "bench.json").read_text())["results"], strict=True
+        )
+    }
+
+    groups = len(control["ranking"])
+    summary = {
+        "fp32_mAP": control["reference"],
+        "ptq_mAP": ptq["bbox_mAP"],
+        "budget_mAP": budget["bbox_mAP"],
+        "budget_points": control["allowed_drop_points"],
+        "within_budget": control["final_within_budget"],
+        "quantizer_groups": groups,
+        "groups_in_float": control["groups_in_float"],
+        "operations_in_float": control["operations_in_float"],
+        "validations": 1 + len(control["steps"]),
+        "search_seconds": control["search_seconds"],
+        "budgeted_compress_wall_seconds": round(search_wall, 1),
+        "ir": {
+            name: {
+                "latency_ms": row.get("latency_ms"),
+                "speedup_vs_fp32": row.get("speedup"),
+                "int8_convolutions": row.get("int8_convolutions"),
+                "convolutions": row.get("convolutions"),
+            }
+            for name, row in bench.items()
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(f"FP32 mAP {summary['fp32_mAP']:.3f}; plain PTQ {summary['ptq_mAP']:.3f}; budgeted PTQ "
+          f"{summary['budget_mAP']:.3f} (budget {summary['budget_points']} points, within: "
+          f"{summary['within_budget']})")  # fmt: skip
+    print(f"{summary['groups_in_float']} of {groups} quantizer groups in float "
+          f"({len(summary['operations_in_float'])} operations): "
+          f"{', '.join(summary['operations_in_float'])}")  # fmt: skip
+    print(f"search: {summary['validations']} validations, {summary['search_seconds']} s "
+          f"(budgeted compress in all {summary['budgeted_compress_wall_seconds']} s)")  # fmt: skip
+    print("| IR | int8 convolutions | latency ms | speed-up vs FP32 IR |")
+    print("|---|---|---|---|")
+    for name, row in summary["ir"].items():
+        convs = f"{row['int8_convolutions']}/{row['convolutions']}" if row["convolutions"] else "-"
+        latency = f"{row['latency_ms']:.2f}" if row["latency_ms"] else "-"
+        speedup = f"{row['speedup_vs_fp32']:.2f}x" if row["speedup_vs_fp32"] else "-"
+        print(f"| {name} | {convs} | {latency} | {speedup} |")
+
+
+if __name__ == "__main__":
+    main()
