@@ -135,7 +135,11 @@ class SearchResult:
         out = [
             f"accuracy control: reference (float) {METRIC} {self.reference:.4f}, all quantized "
             f"{self.quantized:.4f} (drop {points(self.drop(self.quantized)):.2f} points; budget "
-            f"{self.budget.describe()} = {points(allowed):.2f} points)",
+            + (
+                f"{self.budget.describe()} = {points(allowed):.2f} points)"
+                if self.budget.relative
+                else f"{points(allowed):.2f} points)"
+            ),
         ]
         if self.steps:
             tried = ", ".join(f"{k} group(s) {value:.4f}" for k, value in self.steps)
