@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--preset", default="int8")
     parser.add_argument("--seconds", type=float, default=5.0, help="bench seconds per model")
     parser.add_argument("--out", type=Path, help="work here (default: WORKSPACE/accuracy_aware)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the compress results already in OUT"
+    )
     args = parser.parse_args()
 
     ws = args.workspace
@@ -56,12 +59,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--preset", args.preset, "--max-iters", "0", "--load-from", str(fp32), "--force"]
 
-    detcompress("compress", str(config), *common, "--work-dir", str(out / "ptq"),
-                "--json", str(out / "ptq.json"))  # fmt: skip
-    search_wall = detcompress(
-        "compress", str(config), *common, "--work-dir", str(out / "budget"),
-        "--max-accuracy-drop", args.budget, "--json", str(out / "budget.json"),
-    )  # fmt: skip
+    if not (args.reuse and (out / "ptq.json").is_file()):
+        detcompress("compress", str(config), *common, "--work-dir", str(out / "ptq"),
+                    "--json", str(out / "ptq.json"))  # fmt: skip
+    search_wall = None
+    if not (args.reuse and (out / "budget.json").is_file()):
+        search_wall = detcompress(
+            "compress", str(config), *common, "--work-dir", str(out / "budget"),
+            "--max-accuracy-drop", args.budget, "--json", str(out / "budget.json"),
+        )  # fmt: skip
     ptq = json.loads((out / "ptq.json").read_text())
     budget = json.loads((out / "budget.json").read_text())
     control = budget["accuracy_control"]
@@ -73,9 +79,16 @@ def main() -> None:
         ("budget", budget["checkpoint"]),
     ):
         target = out / f"export_{name}"
+        # 8 images: with 4, the budgeted IR's verification on an AVX2 CPU (no VNNI) fell one
+        # detection short of its threshold once (89.9% vs 90.9%); with 8 it passed (92.3%).
         detcompress("export", str(checkpoint), "--to", "openvino", "--out", str(target),
-                    "--force", "--verify-images", "4")  # fmt: skip
+                    "--force", "--verify-images", "8")  # fmt: skip
         irs[name] = target / "model.xml"
+    ir_map = {}
+    for name in ("ptq", "budget"):
+        report = out / f"eval_{name}_ir.json"
+        detcompress("eval", str(irs[name]), "--json", str(report))
+        ir_map[name] = json.loads(report.read_text())["bbox_mAP"]
     detcompress("bench", *(str(p) for p in irs.values()), "--mode", "latency", "--seconds",
                 str(args.seconds), "--json", str(out / "bench.json"))  # fmt: skip
     bench: dict[str, Any] = {
@@ -90,6 +103,8 @@ def main() -> None:
         "fp32_mAP": control["reference"],
         "ptq_mAP": ptq["bbox_mAP"],
         "budget_mAP": budget["bbox_mAP"],
+        "ptq_ir_mAP": ir_map["ptq"],
+        "budget_ir_mAP": ir_map["budget"],
         "budget_points": control["allowed_drop_points"],
         "within_budget": control["final_within_budget"],
         "quantizer_groups": groups,
@@ -97,10 +112,10 @@ def main() -> None:
         "operations_in_float": control["operations_in_float"],
         "validations": 1 + len(control["steps"]),
         "search_seconds": control["search_seconds"],
-        "budgeted_compress_wall_seconds": round(search_wall, 1),
+        "budgeted_compress_wall_seconds": round(search_wall, 1) if search_wall else None,
         "ir": {
             name: {
-                "latency_ms": row.get("latency_ms"),
+                "latency_ms": (row.get("latency_ms") or {}).get("median"),
                 "speedup_vs_fp32": row.get("speedup"),
                 "int8_convolutions": row.get("int8_convolutions"),
                 "convolutions": row.get("convolutions"),
@@ -110,15 +125,17 @@ def main() -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
-    print(f"FP32 mAP {summary['fp32_mAP']:.3f}; plain PTQ {summary['ptq_mAP']:.3f}; budgeted PTQ "
-          f"{summary['budget_mAP']:.3f} (budget {summary['budget_points']} points, within: "
+    print(f"FP32 mAP {summary['fp32_mAP']:.3f}; plain PTQ {summary['ptq_mAP']:.3f} (IR "
+          f"{summary['ptq_ir_mAP']:.3f}); budgeted PTQ {summary['budget_mAP']:.3f} (IR "
+          f"{summary['budget_ir_mAP']:.3f}; budget {summary['budget_points']} points, within: "
           f"{summary['within_budget']})")  # fmt: skip
     print(f"{summary['groups_in_float']} of {groups} quantizer groups in float "
           f"({len(summary['operations_in_float'])} operations): "
           f"{', '.join(summary['operations_in_float'])}")  # fmt: skip
-    print(f"search: {summary['validations']} validations, {summary['search_seconds']} s "
-          f"(budgeted compress in all {summary['budgeted_compress_wall_seconds']} s)")  # fmt: skip
-    print("| IR | int8 convolutions | latency ms | speed-up vs FP32 IR |")
+    wall = summary["budgeted_compress_wall_seconds"]
+    how = f" (budgeted compress in all: {wall} s)" if wall else " (compress reused)"
+    print(f"search: {summary['validations']} validations, {summary['search_seconds']} s{how}")
+    print("| IR | int8 convolutions | median latency ms | speed-up vs FP32 IR (per-round median) |")
     print("|---|---|---|---|")
     for name, row in summary["ir"].items():
         convs = f"{row['int8_convolutions']}/{row['convolutions']}" if row["convolutions"] else "-"

@@ -125,8 +125,8 @@ class CompressPlan:
         ]
         if self.accuracy_budget is not None:
             lines.append(
-                f"accuracy:    at most {self.accuracy_budget.describe()} below the float model's "
-                "validation mAP (quantizer groups kept in float as needed)"
+                f"accuracy:    validation mAP at most {self.accuracy_budget.describe()} below "
+                "the float model's (quantizer groups kept in float as needed)"
             )
         if self.schedule_notes:
             lines += ["schedule changes:", *(f"  {note}" for note in self.schedule_notes)]
