@@ -250,3 +250,13 @@ def test_budget_needs_post_training(tiny_workspace: Path, tmp_path: Path) -> Non
     assert result.exit_code != 0
     assert "add --max-iters 0" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_budget_refuses_a_compressed_start(
+    tiny_workspace: Path, tiny_ptq: Path, tmp_path: Path
+) -> None:
+    result = _budgeted(tiny_workspace, str(tiny_ptq), tmp_path / "w", "--max-accuracy-drop", "0.5")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert "already compressed" in lines[0] and str(tiny_ptq) in lines[0]
+    assert not (tmp_path / "w").exists()

@@ -225,7 +225,6 @@ def _accuracy_budget(text: str | None, loaded: LoadedConfig, max_iters: int | No
     if text is None:
         return None
     from detcompress.compression.accuracy_control import Budget
-    from detcompress.errors import DetcompressError
 
     budget = Budget.parse(text)
     names = [a.name for a in loaded.nncf.algorithms]
@@ -277,6 +276,13 @@ def compress(
     splits = ("val",) if plan.max_iters == 0 else ("train", "val")
     check_data_paths(loaded.cfg, loaded.path, splits)
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
+    if plan.accuracy_budget is not None and (detector.detcompress_meta(source) or {}).get(
+        "compressed"
+    ):
+        raise DetcompressError(
+            f"{plan.load_from}: already compressed; --max-accuracy-drop starts from a float "
+            "checkpoint (give the FP32 one to --load-from)"
+        )
     dist = _join_run(launcher, target_device, loaded.cfg, nncf_config)
     distributed.run_on_main(dist, lambda: claim_work_dir(plan.work_dir, force))
 
@@ -289,11 +295,6 @@ def compress(
     report_lines: list[str] = list(plan.schedule_notes)
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
-        if plan.accuracy_budget is not None:
-            raise DetcompressError(
-                f"{plan.load_from}: already compressed; --max-accuracy-drop starts from a float "
-                "checkpoint (give the FP32 one to --load-from)"
-            )
         nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
         model = rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")

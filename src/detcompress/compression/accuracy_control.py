@@ -119,7 +119,7 @@ class SearchResult:
         return {
             "metric": METRIC,
             "budget": self.budget.to_json(),
-            "allowed_drop_points": points(self.budget.allowed(self.reference)),
+            "allowed_drop_points": round(self.budget.allowed(self.reference) * 100, 6),
             "reference": self.reference,
             "quantized": self.quantized,
             "groups_in_float": self.kept_in_float,
