@@ -110,7 +110,8 @@ def main() -> None:
         "quantizer_groups": groups,
         "groups_in_float": control["groups_in_float"],
         "operations_in_float": control["operations_in_float"],
-        "validations": 1 + len(control["steps"]),
+        # The search's own: all quantized + every prefix (not the float reference or the final).
+        "search_validations": 1 + len(control["steps"]),
         "search_seconds": control["search_seconds"],
         "budgeted_compress_wall_seconds": round(search_wall, 1) if search_wall else None,
         "ir": {
@@ -134,7 +135,8 @@ def main() -> None:
           f"{', '.join(summary['operations_in_float'])}")  # fmt: skip
     wall = summary["budgeted_compress_wall_seconds"]
     how = f" (budgeted compress in all: {wall} s)" if wall else " (compress reused)"
-    print(f"search: {summary['validations']} validations, {summary['search_seconds']} s{how}")
+    searched = f"{summary['search_validations']} validations, {summary['search_seconds']} s"
+    print(f"search: {searched}{how}")
     print("| IR | int8 convolutions | median latency ms | speed-up vs FP32 IR (per-round median) |")
     print("|---|---|---|---|")
     for name, row in summary["ir"].items():

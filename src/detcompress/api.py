@@ -227,6 +227,13 @@ def _accuracy_budget(text: str | None, loaded: LoadedConfig, max_iters: int | No
     from detcompress.compression.accuracy_control import Budget
 
     budget = Budget.parse(text)
+    evaluator = loaded.cfg.get("val_evaluator") or {}
+    kinds = [e.get("type") for e in (evaluator if isinstance(evaluator, list) else [evaluator])]
+    if "CocoMetric" not in kinds:
+        raise DetcompressError(
+            f"{loaded.path}: --max-accuracy-drop compares bbox mAP from a CocoMetric "
+            f"val_evaluator; this config's is {', '.join(map(str, kinds)) or 'missing'}"
+        )
     names = [a.name for a in loaded.nncf.algorithms]
     if names != ["quantization"]:
         raise DetcompressError(
@@ -265,6 +272,8 @@ def compress(
     from detcompress.train import distributed
 
     target_device = _checked_device(launcher, device, "compress")
+    if plan.accuracy_budget is not None and launcher != "none":
+        raise DetcompressError("--max-accuracy-drop runs in one process: leave out --launcher")
 
     loaded = plan.config
     nncf_config = loaded.nncf
@@ -303,8 +312,6 @@ def compress(
             filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
             report_lines.append(filled.line(plan.load_from))
         if plan.accuracy_budget is not None:
-            if dist.distributed:
-                raise DetcompressError("--max-accuracy-drop runs in one process (no --launcher)")
             model, init_report, nncf_config, control = quantize_within_budget(
                 cfg, model.to(target_device), nncf_config, plan.accuracy_budget, plan.work_dir
             )

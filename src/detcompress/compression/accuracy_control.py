@@ -39,6 +39,9 @@ class Group(Protocol):
     @property
     def weight_quantizers(self) -> int: ...
 
+    @property
+    def quantizers(self) -> int: ...
+
     def set_enabled(self, enabled: bool) -> None: ...
 
 
@@ -207,7 +210,7 @@ def rank_groups(
         removed = (base - error()) / base
         group.set_enabled(True)
         ranked.append(
-            RankedGroup(list(group.operations), len(group.hooks), group.weight_quantizers, removed)
+            RankedGroup(list(group.operations), group.quantizers, group.weight_quantizers, removed)
         )
     model.train(was_training)
     ranked.sort(key=lambda info: -info.error_removed)
@@ -256,8 +259,13 @@ def search(
             break
         failing, count = count, count * 2
     if passing is None:
+        # Every group in float: if that misses too, no shorter prefix is worth validating.
+        result.kept_in_float = len(ranking)
+        result.within_budget = within(len(ranking))
+        if not result.within_budget:
+            result.seconds = time.perf_counter() - start
+            return result
         passing = len(ranking)
-        result.within_budget = within(passing)
     while passing - failing > 1:
         middle = (failing + passing) // 2
         if within(middle):

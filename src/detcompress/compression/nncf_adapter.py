@@ -315,6 +315,10 @@ class QuantizerGroup:
     def weight_quantizers(self) -> int:
         return sum(1 for name in self.hooks if _WEIGHT_HOOK.match(name))
 
+    @property
+    def quantizers(self) -> int:  # a quantizer shared by several operations counts once
+        return len(self.modules)
+
     def set_enabled(self, enabled: bool) -> None:
         for module in self.modules:
             if enabled:
