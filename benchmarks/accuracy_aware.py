@@ -23,15 +23,9 @@ from typing import Any
 
 def detcompress(*args: str) -> float:
     """Run one command; its wall time in seconds."""
-    script = Path(sys.executable).with_name("detcompress")
-    launcher = (
-        [str(script)]
-        if script.is_file()
-        else [sys.executable, "-c", "from detcompress.cli import main; main()"]
-    )
     print("$ detcompress " + " ".join(args), flush=True)
     start = time.perf_counter()
-    subprocess.run([*launcher, *args], check=True)
+    subprocess.run([sys.executable, "-m", "detcompress", *args], check=True)
     return time.perf_counter() - start
 
 
