@@ -247,7 +247,7 @@ def test_budget_bad_input_one_line(
         tiny_workspace, tiny_fp32["checkpoint"], tmp_path / "w", "--max-accuracy-drop", drop,
         preset=preset,
     )  # fmt: skip
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "w").exists()
@@ -259,7 +259,7 @@ def test_budget_needs_post_training(tiny_workspace: Path, tmp_path: Path) -> Non
         ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
          "--max-iters", "5", "--max-accuracy-drop", "0.5", "--work-dir", str(tmp_path / "w")],
     )  # fmt: skip
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert "add --max-iters 0" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
 
@@ -269,6 +269,6 @@ def test_budget_refuses_a_compressed_start(
 ) -> None:
     result = _budgeted(tiny_workspace, str(tiny_ptq), tmp_path / "w", "--max-accuracy-drop", "0.5")
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "already compressed" in lines[0] and str(tiny_ptq) in lines[0]
     assert not (tmp_path / "w").exists()
