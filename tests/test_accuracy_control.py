@@ -253,17 +253,6 @@ def test_budget_bad_input_one_line(
     assert not (tmp_path / "w").exists()
 
 
-def test_budget_needs_post_training(tiny_workspace: Path, tmp_path: Path) -> None:
-    result = runner.invoke(
-        app,
-        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
-         "--max-iters", "5", "--max-accuracy-drop", "0.5", "--work-dir", str(tmp_path / "w")],
-    )  # fmt: skip
-    assert result.exit_code == 2
-    assert "add --max-iters 0" in result.output and len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "w").exists()
-
-
 def test_budget_refuses_a_compressed_start(
     tiny_workspace: Path, tiny_ptq: Path, tmp_path: Path
 ) -> None:

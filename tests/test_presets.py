@@ -138,9 +138,9 @@ BAD_PRESETS = {
         "compression: {algorithm: quantization, initializer: {precision: {type: hawq}}}",
         ["'compression.initializer.precision'", "HAWQ"],
     ),
-    "removed_aa_training": (
-        "accuracy_aware_training: {mode: early_exit}\ncompression: {algorithm: quantization}",
-        ["accuracy-aware training"],
+    "aa_training_unknown_param": (
+        "accuracy_aware_training: {params: {patience: 3}}\ncompression: {algorithm: quantization}",
+        ["'accuracy_aware_training.params.patience'", "did you mean 'patience_epochs'?"],
     ),
     "bad_choice": (
         "compression: {algorithm: quantization, weights: {mode: symetric}}",

@@ -79,8 +79,10 @@ class CompressPlan:
     warnings: list[str] = field(default_factory=list)
     # What --max-iters/--max-epochs change in the config's schedule (train.runner.schedule_changes).
     schedule_notes: list[str] = field(default_factory=list)
-    # --max-accuracy-drop: post-training quantization within this mAP budget.
+    # --max-accuracy-drop or the nncf_config's accuracy_aware_training: the mAP budget, and
+    # how it is met: "ptq" (quantizer groups kept in float) or "early_exit" (training stops).
     accuracy_budget: Any = None
+    accuracy_mode: str | None = None
 
     @property
     def schedule(self) -> str:
@@ -124,9 +126,14 @@ class CompressPlan:
             f"postprocessing compressed: {self.config.compress_postprocessing}",
         ]
         if self.accuracy_budget is not None:
+            how = (
+                "quantizer groups kept in float as needed"
+                if self.accuracy_mode == "ptq"
+                else "early_exit: training stops at the first validation within it"
+            )
             lines.append(
                 f"accuracy:    validation mAP at most {self.accuracy_budget.describe()} below "
-                "the float model's (quantizer groups kept in float as needed)"
+                f"the uncompressed model's ({how})"
             )
         if self.schedule_notes:
             lines += ["schedule changes:", *(f"  {note}" for note in self.schedule_notes)]
@@ -146,6 +153,8 @@ class CompressResult:
     statistics: dict[str, Any] = field(default_factory=dict)
     # --max-accuracy-drop: the search and the final drop (compression/accuracy_control.py).
     accuracy_control: dict[str, Any] = field(default_factory=dict)
+    # early_exit: the reference, every validation, the best and where it stopped.
+    accuracy_aware: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
     # The trained model (unwrapped from DDP), for library callers; not part of the JSON.
@@ -186,6 +195,7 @@ class CompressResult:
             "compression": self.compression,
             "statistics": self.statistics,
             **({"accuracy_control": self.accuracy_control} if self.accuracy_control else {}),
+            **({"accuracy_aware": self.accuracy_aware} if self.accuracy_aware else {}),
             **self.metrics,
         }
 
@@ -201,7 +211,10 @@ def plan_compress(
     max_accuracy_drop: str | None = None,
 ) -> CompressPlan:
     loaded = load_config(config, preset, cfg_options)
-    budget = _accuracy_budget(max_accuracy_drop, loaded, max_iters)
+    budget, mode = _accuracy_budget(max_accuracy_drop, loaded, max_iters)
+    if mode == "early_exit" and max_iters is None and max_epochs is None:
+        assert loaded.nncf.accuracy_aware is not None
+        max_epochs = loaded.nncf.accuracy_aware.maximal_total_epochs
     cfg = loaded.cfg
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
@@ -217,35 +230,56 @@ def plan_compress(
         list(loaded.warnings),
         schedule_changes(cfg, max_iters, max_epochs),
         budget,
+        mode,
     )
 
 
-def _accuracy_budget(text: str | None, loaded: LoadedConfig, max_iters: int | None) -> Any:
-    """--max-accuracy-drop parsed, for what is built so far: post-training quantization."""
-    if text is None:
-        return None
-    from detcompress.compression.accuracy_control import Budget
+def _accuracy_budget(
+    text: str | None, loaded: LoadedConfig, max_iters: int | None
+) -> tuple[Any, str | None]:
+    """The mAP budget (--max-accuracy-drop, else the nncf_config's accuracy_aware_training) and
+    how it is met: "ptq" with --max-iters 0, else "early_exit". A budget from the command line
+    is written into the nncf_config, so that the checkpoints carry it for `resume`."""
+    from detcompress.config.accuracy_aware import SECTION, Budget, with_budget
+    from detcompress.config.presets import build_nncf_config
 
-    budget = Budget.parse(text)
+    section = loaded.nncf.accuracy_aware
+    if text is None and section is None:
+        return None, None
+    budget = Budget.parse(text) if text is not None else None
+    where = "--max-accuracy-drop" if text is not None else f"'{SECTION}'"
     evaluator = loaded.cfg.get("val_evaluator") or {}
     kinds = [e.get("type") for e in (evaluator if isinstance(evaluator, list) else [evaluator])]
     if "CocoMetric" not in kinds:
         raise DetcompressError(
-            f"{loaded.path}: --max-accuracy-drop compares bbox mAP from a CocoMetric "
+            f"{loaded.path}: {where} compares bbox mAP from a CocoMetric "
             f"val_evaluator; this config's is {', '.join(map(str, kinds)) or 'missing'}"
         )
     names = [a.name for a in loaded.nncf.algorithms]
-    if names != ["quantization"]:
+    if not names:
         raise DetcompressError(
-            f"--max-accuracy-drop needs an nncf_config that quantizes only (this one: "
-            f"{', '.join(names) or 'none'}); give --preset int8 or int8_mixed"
+            f"{loaded.path}: {where} needs compression to measure against; give --preset or an "
+            "nncf_config with a 'compression' section"
         )
-    if max_iters != 0:
+    if section is not None and section.mode != "early_exit":
         raise DetcompressError(
-            "--max-accuracy-drop works with post-training quantization for now: add "
-            "--max-iters 0 (accuracy-aware QAT is not built yet)"
+            f"{loaded.path}: '{SECTION}.mode' is '{section.mode}': not built yet; use "
+            "'early_exit' (stops training at the first validation within the budget), or "
+            "--max-iters 0 --max-accuracy-drop for post-training quantization"
         )
-    return budget
+    if max_iters == 0:
+        if names != ["quantization"]:
+            raise DetcompressError(
+                f"{where} with --max-iters 0 keeps quantizer groups in float: it needs an "
+                f"nncf_config that quantizes only (this one: {', '.join(names)}); give --preset "
+                "int8 or int8_mixed, or train (--max-iters N) to stop at the first validation "
+                "within the budget"
+            )
+        return budget or (section.budget if section else None), "ptq"
+    if budget is not None:
+        loaded.nncf = build_nncf_config(with_budget(loaded.nncf.raw, budget), "--max-accuracy-drop")
+    assert loaded.nncf.accuracy_aware is not None
+    return loaded.nncf.accuracy_aware.budget, "early_exit"
 
 
 def _strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
@@ -273,7 +307,10 @@ def compress(
 
     target_device = _checked_device(launcher, device, "compress")
     if plan.accuracy_budget is not None and launcher != "none":
-        raise DetcompressError("--max-accuracy-drop runs in one process: leave out --launcher")
+        raise DetcompressError(
+            "an mAP budget (--max-accuracy-drop, accuracy_aware_training) runs in one process "
+            "for now: leave out --launcher"
+        )
 
     loaded = plan.config
     nncf_config = loaded.nncf
@@ -289,8 +326,9 @@ def compress(
         "compressed"
     ):
         raise DetcompressError(
-            f"{plan.load_from}: already compressed; --max-accuracy-drop starts from a float "
-            "checkpoint (give the FP32 one to --load-from)"
+            f"{plan.load_from}: already compressed; an mAP budget is measured from the "
+            "uncompressed model: give the FP32 checkpoint to --load-from (or `detcompress "
+            "resume` an accuracy-aware run)"
         )
     dist = _join_run(launcher, target_device, loaded.cfg, nncf_config)
     distributed.run_on_main(dist, lambda: claim_work_dir(plan.work_dir, force))
@@ -298,10 +336,16 @@ def compress(
     from detcompress.train import runner
 
     cfg = loaded.cfg
+    config_val_interval = (cfg.get("train_cfg") or {}).get("val_interval", 1)
     runner.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
+    if plan.accuracy_mode == "early_exit" and plan.max_epochs is not None:
+        # An epoch-based run validates only at its end otherwise: early exit needs the config's
+        # interval (NNCF 2 validated after every epoch).
+        cfg.train_cfg["val_interval"] = min(int(config_val_interval or 1), plan.max_epochs)
     model = _build_model(cfg, dist, target_device)
     source_meta = detector.detcompress_meta(source)
     report_lines: list[str] = list(plan.schedule_notes)
+    early_exit = None
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
         nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
@@ -311,7 +355,9 @@ def compress(
         if plan.load_from is not None and source is not None:
             filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
             report_lines.append(filled.line(plan.load_from))
-        if plan.accuracy_budget is not None:
+        if plan.accuracy_mode == "early_exit":
+            early_exit = _early_exit_state(cfg, model.to(target_device), plan.accuracy_budget)
+        if plan.accuracy_mode == "ptq":
             model, init_report, nncf_config, control = quantize_within_budget(
                 cfg, model.to(target_device), nncf_config, plan.accuracy_budget, plan.work_dir
             )
@@ -340,17 +386,47 @@ def compress(
     }
     post_training_only = plan.max_iters == 0
     result = _fine_tune(
-        cfg, model, meta, nncf_config, dist, target_device, trust_checkpoint, post_training_only
+        cfg,
+        model,
+        meta,
+        nncf_config,
+        dist,
+        target_device,
+        trust_checkpoint,
+        post_training_only,
+        early_exit,
     )
-    checkpoint = result.checkpoint
+    checkpoint = _best_checkpoint(early_exit) or result.checkpoint
     if post_training_only and report:
         # Compression was initialized but nothing trained (post-training quantization): the
         # Runner saved nothing, so save the calibrated model here.
         checkpoint = runner.save_checkpoint(result.runner, plan.work_dir, "ptq.pth")
     compressed = _compress_result(result, checkpoint, nncf_config, report, dist)
-    if plan.accuracy_budget is not None:
+    if plan.accuracy_mode == "ptq":
         compressed.accuracy_control = _final_accuracy(report["accuracy_control"], compressed)
+    if early_exit is not None:
+        compressed.accuracy_aware = early_exit.to_json()
     return compressed
+
+
+def _early_exit_state(cfg: Any, model: Any, budget: Any) -> Any:
+    """The start of an early_exit run: the uncompressed model validated once (the reference)."""
+    from detcompress.measure.evaluation import Validator
+    from detcompress.train.early_exit import METRIC, EarlyExitState
+
+    validator = Validator(cfg)
+    console.log.info(
+        f"accuracy-aware training: validating the uncompressed model on {validator.images} "
+        "images (the reference)"
+    )
+    return EarlyExitState(validator.metrics(model)[METRIC], budget)
+
+
+def _best_checkpoint(early_exit: Any) -> Path | None:
+    """The checkpoint an early_exit run ends with: its best fully compressed validation."""
+    if early_exit is None or not early_exit.best:
+        return None
+    return Path(early_exit.best["checkpoint"])
 
 
 def _final_accuracy(search: dict[str, Any], result: CompressResult) -> dict[str, Any]:
@@ -420,8 +496,10 @@ def _fine_tune(
     device: Any,
     trust_checkpoint: bool,
     evaluate_only: bool = False,
+    early_exit: Any = None,
 ) -> Any:
-    """The Runner's part, the same for compress and resume: train (or only validate)."""
+    """The Runner's part, the same for compress and resume: train (or only validate); with an
+    `early_exit` state, stop at the first validation within its mAP budget."""
     from detcompress.train import distributed, runner
 
     patches.mark_initialized(model)
@@ -433,7 +511,7 @@ def _fine_tune(
         _structure_fn(nncf_config),
         trust_checkpoint=trust_checkpoint,
         evaluate_only=evaluate_only,
-        hooks=_compression_hooks(nncf_config),
+        hooks=_compression_hooks(nncf_config, early_exit),
     )
 
 
@@ -479,13 +557,19 @@ def _structure_fn(nncf_config: Any) -> Callable[[Any], dict[str, Any] | None]:
     return structure
 
 
-def _compression_hooks(nncf_config: Any) -> list[Any]:
-    """The schedules (sparsity, pruning) and the statistics after each validation."""
+def _compression_hooks(nncf_config: Any, early_exit: Any = None) -> list[Any]:
+    """The schedules (sparsity, pruning) and the statistics after each validation; the early
+    exit, which asks the schedules whether the model is fully compressed."""
     if nncf_config.is_empty:
         return []
     from detcompress.train.compression_hook import CompressionScheduleHook
 
-    return [CompressionScheduleHook(nncf_config)]
+    schedules = CompressionScheduleHook(nncf_config)
+    if early_exit is None:
+        return [schedules]
+    from detcompress.train.early_exit import EarlyExitHook
+
+    return [schedules, EarlyExitHook(early_exit, schedules.fully_compressed)]
 
 
 def quantize_within_budget(
@@ -618,6 +702,11 @@ def resume(
     cfg.work_dir = str(work_dir or path.parent)
     done = int(checkpoint.get("meta", {}).get("iter", 0))
     check_something_left_to_train(path, cfg, checkpoint, max_iters)
+    early_exit = _resumed_early_exit(path, meta, stored)
+    if early_exit is not None and launcher != "none":
+        raise DetcompressError(
+            f"{path}: an accuracy-aware run resumes in one process for now: leave out --launcher"
+        )
     dist = _join_run(launcher, target_device, cfg, stored)
     distributed.run_on_main(
         dist, lambda: claim_work_dir(Path(cfg.work_dir), force, after_iteration=done)
@@ -632,7 +721,42 @@ def resume(
     if meta.get("compressed"):
         # Structure only: the Runner's resume loads weights, optimizer and schedule.
         model = rebuild_structure(model, meta, path)
-    run_meta = {k: v for k, v in meta.items() if k not in ("compressed", "structure", "versions")}
-    result = _fine_tune(cfg, model, run_meta, stored, dist, target_device, trust_checkpoint)
+    run_meta = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("compressed", "structure", "versions", "accuracy_aware")
+    }
+    result = _fine_tune(
+        cfg, model, run_meta, stored, dist, target_device, trust_checkpoint, early_exit=early_exit
+    )
     compression = meta.get("compression_summary") or {}
-    return _compress_result(result, result.checkpoint, stored, compression, dist)
+    checkpoint = _best_checkpoint(early_exit) or result.checkpoint
+    resumed = _compress_result(result, checkpoint, stored, compression, dist)
+    if early_exit is not None:
+        resumed.accuracy_aware = early_exit.to_json()
+    return resumed
+
+
+def _resumed_early_exit(path: Path, meta: dict[str, Any], stored: Any) -> Any:
+    """The early_exit state a checkpoint of an accuracy-aware run carries (reference measured
+    once, validations so far), or None for other runs."""
+    if stored.accuracy_aware is None:
+        return None
+    from detcompress.train.early_exit import META_KEY, EarlyExitState
+
+    data = meta.get(META_KEY)
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path}: its nncf_config has accuracy_aware_training but the checkpoint has no "
+            "accuracy-aware state (meta.detcompress.accuracy_aware); it was not written by an "
+            "accuracy-aware run"
+        )
+    state = EarlyExitState.from_json(data)
+    if state.stopped is not None:
+        raise CheckpointError(
+            f"{path}: this accuracy-aware run already ended within its budget at iteration "
+            f"{state.stopped['iteration']} ({state.best and state.best.get('checkpoint')}); to "
+            f"fine-tune that model further, run `detcompress compress CONFIG --load-from "
+            f"{(state.best or {}).get('checkpoint', path)}`"
+        )
+    return state

@@ -40,9 +40,10 @@ def compress(
         str | None,
         typer.Option(
             metavar="POINTS|PCT%",
-            help="Post-training quantization (--max-iters 0) that keeps the fewest quantizer "
-            "groups in float for the validation mAP to stay within this drop of the float "
-            "model's: mAP points (0.5) or a percentage of it (1%).",
+            help="The largest validation mAP drop from the uncompressed model allowed: mAP "
+            "points (0.5) or a percentage of its mAP (1%). With --max-iters 0, post-training "
+            "quantization that keeps the fewest quantizer groups in float; when training, stop "
+            "at the first validation within it (NNCF 2's early_exit) and keep it as best_*.pth.",
         ),
     ] = None,
     cfg_options: CfgOptions = None,

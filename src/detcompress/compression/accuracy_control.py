@@ -17,7 +17,6 @@ No NNCF call here: the groups come in with their on/off switch, the validation a
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from detcompress.errors import DetcompressError
+from detcompress.config.accuracy_aware import Budget
 
 METRIC = "bbox_mAP"
 # Validation images whose outputs rank the groups (the first ones of the validation set).
@@ -43,40 +42,6 @@ class Group(Protocol):
     def quantizers(self) -> int: ...
 
     def set_enabled(self, enabled: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The largest mAP drop allowed: absolute, in mAP points (0.5 = 0.005 of mmdet's fraction),
-    or relative to the reference (`1%`)."""
-
-    value: float
-    relative: bool
-
-    @classmethod
-    def parse(cls, text: str, option: str = "--max-accuracy-drop") -> Budget:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*", text)
-        if match is None:
-            raise DetcompressError(
-                f"{option} is '{text}'; give mAP points (e.g. 0.5) or a percentage of the "
-                "reference mAP (e.g. 1%)"
-            )
-        value = float(match.group(1))
-        if match.group(2) and value >= 100:
-            raise DetcompressError(f"{option} is '{text}'; a percentage must be below 100%")
-        return cls(value, relative=bool(match.group(2)))
-
-    def allowed(self, reference: float) -> float:
-        """The allowed drop as a fraction of mAP (mmdet's unit)."""
-        return reference * self.value / 100 if self.relative else self.value / 100
-
-    def describe(self) -> str:
-        if self.relative:
-            return f"{self.value:g}% of the reference mAP"
-        return f"{self.value:g} points"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "relative": self.relative}
 
 
 def points(drop: float) -> float:

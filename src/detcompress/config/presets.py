@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from detcompress.config import schema
+from detcompress.config import accuracy_aware, schema
+from detcompress.config.accuracy_aware import AccuracyAwareTraining
 from detcompress.config.algorithms import (
     SPARSITY_ALGORITHMS,
     Algorithm,
@@ -329,6 +330,8 @@ class NNCFConfig:
     target_device: str
     algorithms: tuple[Algorithm, ...]
     warnings: tuple[str, ...] = ()
+    # NNCF 2's accuracy_aware_training section (or --max-accuracy-drop), when given.
+    accuracy_aware: AccuracyAwareTraining | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -361,12 +364,14 @@ def build_nncf_config(merged: dict[str, Any], source: str) -> NNCFConfig:
         for item in _as_list(merged.get("input_info", []))
     )
     algorithms = tuple(algorithm_of(a) for a in _as_list(merged.get("compression", [])))
+    section = merged.get(accuracy_aware.SECTION)
     return NNCFConfig(
         raw=copy.deepcopy(merged),
         input_info=input_info,
         target_device=merged.get("target_device", "ANY"),
         algorithms=algorithms,
         warnings=tuple(warnings),
+        accuracy_aware=(AccuracyAwareTraining.of(section, source) if section is not None else None),
     )
 
 

@@ -259,8 +259,39 @@ INPUT_INFO = Obj(
     }
 )
 
+# NNCF 2's accuracy-aware section (config/accuracy_aware.py checks the rules across keys).
+ACCURACY_AWARE_TRAINING = Obj(
+    {
+        "mode": _choice("early_exit", "adaptive_compression_level"),
+        "params": Obj(
+            {
+                "maximal_relative_accuracy_degradation": Scalar(
+                    (int, float),
+                    "number",
+                    check=lambda v: 0 <= v < 100,
+                    check_text="a percentage in [0, 100)",
+                ),
+                "maximal_absolute_accuracy_degradation": Scalar(
+                    (int, float),
+                    "number",
+                    check=lambda v: 0 <= v <= 1,
+                    check_text="a number in [0, 1] (mmdet's bbox mAP is a fraction: 0.005 = "
+                    "0.5 points)",
+                ),
+                "maximal_total_epochs": POS_INT,
+                "initial_training_phase_epochs": NON_NEG_INT,
+                "patience_epochs": POS_INT,
+                "initial_compression_rate_step": _ratio(True, True),
+                "compression_rate_step_reduction_factor": _ratio(True, True),
+                "minimal_compression_rate_step": _ratio(True, True),
+            }
+        ),
+    }
+)
+
 ROOT = Obj(
     {
+        "accuracy_aware_training": ACCURACY_AWARE_TRAINING,
         "input_info": OneOrList(INPUT_INFO),
         # NNCF 3 has no TRIAL device and raises InternalError for CPU_SPR with PyTorch models.
         "target_device": _choice("ANY", "CPU", "GPU", "NPU"),
@@ -272,8 +303,6 @@ ROOT = Obj(
         "dir (--work-dir)",
         "disable_shape_matching": "NNCF 3 matches no input shapes (the model is traced on real "
         "batches); leave it out",
-        "accuracy_aware_training": "NNCF 3 removed the accuracy-aware training loops; set a "
-        "fixed schedule with --max-iters/--max-epochs",
         "hw_config_type": "NNCF 3 derives the hardware config from 'target_device'",
     },
 )

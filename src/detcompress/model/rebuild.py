@@ -48,14 +48,19 @@ def rebuild_compressed(
 def nncf_config_of_checkpoint(path: Path, meta: dict[str, Any], requested: Any, force: bool) -> Any:
     """A compressed checkpoint brings its own nncf_config; a different requested one is refused
     (with the differing keys) unless --force."""
+    from detcompress.config.accuracy_aware import SECTION
     from detcompress.config.presets import build_nncf_config, differing_keys
 
-    stored = meta.get("nncf_config") or {}
+    # The accuracy budget is a setting of a run, not of the model: the requested one applies.
+    stored = {k: v for k, v in (meta.get("nncf_config") or {}).items() if k != SECTION}
+    wanted = {k: v for k, v in requested.raw.items() if k != SECTION}
     if not requested.is_empty:
-        diff = differing_keys(stored, requested.raw)
+        diff = differing_keys(stored, wanted)
         if diff and not force:
             raise ConfigError(
                 f"{path}: was compressed with a different nncf_config (differing keys: "
                 f"{', '.join(diff)}); pass --force to continue with the checkpoint's compression"
             )
+    if SECTION in requested.raw:
+        stored[SECTION] = requested.raw[SECTION]
     return build_nncf_config(stored, f"{path} (nncf_config)")

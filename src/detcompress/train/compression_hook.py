@@ -129,6 +129,23 @@ class CompressionScheduleHook(Hook):
             if state.pruning_level is not None:
                 runner.message_hub.update_scalar("train/pruning_level", state.pruning_level)
 
+    def fully_compressed(self, runner: Any) -> tuple[bool, str]:
+        """Whether every schedule has reached its target (NNCF 2's FULLY_COMPRESSED stage, the
+        only point at which an accuracy-aware run may stop), and else what it waits for."""
+        state = state_of(unwrapped(runner.model))
+        waiting = []
+        if self.quant_start != (None, None) and self._quantizers_on != (True, True):
+            waiting.append("quantizers switched on later")
+        if self.sparsity is not None:
+            level = state.sparsity_level if state and state.sparsity_level is not None else 0.0
+            if level < self.sparsity.target - 1e-9:
+                waiting.append(f"sparsity level {level:.3f} of {self.sparsity.target:g}")
+        if self.pruning is not None:
+            level = state.pruning_level if state and state.pruning_level is not None else 0.0
+            if level < self.pruning.target - 1e-9:
+                waiting.append(f"pruning level {level:.3f} of {self.pruning.target:g}")
+        return not waiting, ", ".join(waiting)
+
     def _switch_quantizers(self, runner: Any, model: Any, epoch: float) -> None:
         weights_start, activations_start = self.quant_start
         wanted = (
