@@ -286,8 +286,13 @@ def test_int8_within_budget_after_initialization_trains_nothing(
     [
         (
             "accuracy_aware_training: {mode: adaptive_compression_level}\n"
+            "compression: {algorithm: quantization}\n",
+            "adaptive_compression_level searches the level of filter_pruning alone",
+        ),
+        (
+            "accuracy_aware_training: {mode: adaptive_compression_level}\n"
             "compression: {algorithm: filter_pruning}\n",
-            "'accuracy_aware_training.mode' is 'adaptive_compression_level': not built yet",
+            "trains for its own epochs",
         ),
         (
             "accuracy_aware_training: {mode: early_exit}\n",

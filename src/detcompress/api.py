@@ -83,6 +83,9 @@ class CompressPlan:
     # how it is met: "ptq" (quantizer groups kept in float) or "early_exit" (training stops).
     accuracy_budget: Any = None
     accuracy_mode: str | None = None
+    # A compressed --load-from keeps its structure but takes this plan's nncf_config (its
+    # schedules continue from the checkpoint's levels): adaptive_compression_level's trials.
+    continue_compression: bool = False
 
     @property
     def schedule(self) -> str:
@@ -212,6 +215,11 @@ def plan_compress(
 ) -> CompressPlan:
     loaded = load_config(config, preset, cfg_options)
     budget, mode = _accuracy_budget(max_accuracy_drop, loaded, max_iters)
+    if mode == "adaptive_compression_level" and max_epochs is not None:
+        raise DetcompressError(
+            f"{config}: adaptive_compression_level trains for its own epochs "
+            "(initial_training_phase_epochs, patience_epochs): leave out --max-epochs"
+        )
     if mode == "early_exit" and max_iters is None and max_epochs is None:
         assert loaded.nncf.accuracy_aware is not None
         max_epochs = loaded.nncf.accuracy_aware.maximal_total_epochs
@@ -261,12 +269,25 @@ def _accuracy_budget(
             f"{loaded.path}: {where} needs compression to measure against; give --preset or an "
             "nncf_config with a 'compression' section"
         )
-    if section is not None and section.mode != "early_exit":
-        raise DetcompressError(
-            f"{loaded.path}: '{SECTION}.mode' is '{section.mode}': not built yet; use "
-            "'early_exit' (stops training at the first validation within the budget), or "
-            "--max-iters 0 --max-accuracy-drop for post-training quantization"
-        )
+    if section is not None and section.mode == "adaptive_compression_level":
+        if names != ["filter_pruning"]:
+            raise DetcompressError(
+                f"{loaded.path}: '{SECTION}.mode' adaptive_compression_level searches the level "
+                f"of filter_pruning alone (this nncf_config: {', '.join(names)}); use "
+                "mode: early_exit for other compression"
+            )
+        if max_iters is not None:
+            raise DetcompressError(
+                f"{loaded.path}: adaptive_compression_level trains for its own epochs "
+                "(initial_training_phase_epochs, patience_epochs per level, "
+                "maximal_total_epochs): leave out --max-iters"
+            )
+        if budget is not None:
+            loaded.nncf = build_nncf_config(
+                with_budget(loaded.nncf.raw, budget), "--max-accuracy-drop"
+            )
+        assert loaded.nncf.accuracy_aware is not None
+        return loaded.nncf.accuracy_aware.budget, "adaptive_compression_level"
     if max_iters == 0:
         if names != ["quantization"]:
             raise DetcompressError(
@@ -306,6 +327,8 @@ def compress(
     from detcompress.train import distributed
 
     target_device = _checked_device(launcher, device, "compress")
+    if plan.accuracy_mode == "adaptive_compression_level" and launcher == "none":
+        return adaptive_compression_level(plan, trust_checkpoint, force, device)
     if plan.accuracy_budget is not None and launcher != "none":
         raise DetcompressError(
             "an mAP budget (--max-accuracy-drop, accuracy_aware_training) runs in one process "
@@ -348,7 +371,8 @@ def compress(
     early_exit = None
     report: dict[str, Any] = {}
     if plan.load_from is not None and source_meta and source_meta.get("compressed"):
-        nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
+        if not plan.continue_compression:
+            nncf_config = nncf_config_of_checkpoint(plan.load_from, source_meta, nncf_config, force)
         model = rebuild_compressed(model, source_meta, source, plan.load_from)
         report_lines.append(f"compression rebuilt from {plan.load_from} (no re-initialization)")
     else:
@@ -627,6 +651,142 @@ def quantize_within_budget(
     init_report.lines.extend(result.lines())
     atomic_write_text(work_dir / "accuracy_control.json", json.dumps(result.to_json(), indent=2))
     return quantized, init_report, nncf_config, result
+
+
+def adaptive_compression_level(
+    plan: CompressPlan, trust_checkpoint: bool, force: bool, device: str
+) -> CompressResult:
+    """NNCF 2's adaptive_compression_level for filter pruning (`train/adaptive_level.py`): the
+    uncompressed model is validated once, then each pruning level is a fine-tuning run of its
+    own (`WORK_DIR/level_X/`), and the highest level within the budget is the answer, linked
+    as `WORK_DIR/best_pruning_level_X.pth`."""
+    import copy
+    import json
+
+    from detcompress.config.accuracy_aware import SECTION
+    from detcompress.config.presets import build_nncf_config
+    from detcompress.files import atomic_write_text
+    from detcompress.model import detector
+    from detcompress.model.checkpoint import load_checkpoint
+    from detcompress.train.adaptive_level import LevelSearch, SearchSettings
+
+    loaded = plan.config
+    aware = loaded.nncf.accuracy_aware
+    assert aware is not None and plan.accuracy_budget is not None
+    settings = SearchSettings.of(loaded.nncf.raw[SECTION].get("params") or {})
+    check_data_paths(loaded.cfg, loaded.path, ("train", "val"))
+    source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
+    if (detector.detcompress_meta(source) or {}).get("compressed"):
+        raise DetcompressError(
+            f"{plan.load_from}: already compressed; adaptive_compression_level starts from the "
+            "uncompressed model: give the FP32 checkpoint to --load-from"
+        )
+    claim_work_dir(plan.work_dir, force)
+    pristine = copy.deepcopy(loaded.cfg)
+    base_raw = {k: v for k, v in loaded.nncf.raw.items() if k != SECTION}
+
+    reference_cfg = copy.deepcopy(pristine)
+    model = detector.build_detector(reference_cfg).to(detector.select_device(device))
+    if source is not None and plan.load_from is not None:
+        detector.load_weights(model, source, plan.load_from)
+    search = LevelSearch(
+        _early_exit_state(reference_cfg, model, plan.accuracy_budget).reference,
+        plan.accuracy_budget,
+        settings,
+    )
+    del model
+    report_path = plan.work_dir / "accuracy_aware.json"
+
+    def trial(level: float | None, epochs: int) -> CompressResult:
+        raw = copy.deepcopy(base_raw)
+        if level is not None:  # the config's own schedule in the initial phase
+            pruning = next(
+                a for a in _as_list(raw["compression"]) if a["algorithm"] == "filter_pruning"
+            )
+            pruning["pruning_init"] = level
+            pruning["params"] = {
+                **(pruning.get("params") or {}),
+                "schedule": "baseline",
+                "pruning_target": level,
+                "num_init_steps": 0,
+            }
+        start = search.start_for(level) if level is not None else None
+        name = f"level_{level:.4f}" if level is not None else "initial_phase"
+        trial_plan = CompressPlan(
+            LoadedConfig(
+                loaded.path,
+                copy.deepcopy(pristine),
+                build_nncf_config(raw, f"{loaded.path} (level {level})"),
+                loaded.compress_postprocessing,
+                loaded.sources,
+            ),
+            plan.work_dir / name,
+            Path(start["checkpoint"]) if start else plan.load_from,
+            None,
+            epochs,
+            continue_compression=start is not None,
+        )
+        console.log.info(
+            f"adaptive compression level: {name}: {epochs} epoch(s) from "
+            + (f"the level {start['level']:g} model" if start else "the uncompressed model")
+        )
+        result = compress(trial_plan, trust_checkpoint, force=False, device=device)
+        from detcompress.compression.state import state_of
+
+        state = state_of(result.model)
+        reached = float(state.pruning_level) if state and state.pruning_level else 0.0
+        entry = search.record(
+            reached,
+            result.metrics.get("bbox_mAP", 0.0),
+            epochs,
+            str(result.checkpoint),
+            start["checkpoint"] if start else str(plan.load_from),
+        )
+        console.log.info(
+            f"adaptive compression level: level {entry['level']:g}: bbox_mAP "
+            f"{entry['bbox_mAP']:.4f}, drop {entry['drop_points']:.2f} points, "
+            + ("within the budget" if entry["within_budget"] else "over the budget")
+        )
+        atomic_write_text(report_path, json.dumps(search.to_json(), indent=2))
+        results[len(search.trials) - 1] = result
+        return result
+
+    results: dict[int, CompressResult] = {}
+    trial(None, settings.initial_training_phase_epochs)
+    while (level := search.next_level()) is not None:
+        trial(level, settings.patience_epochs)
+    atomic_write_text(report_path, json.dumps(search.to_json(), indent=2))
+    console.log.info(f"adaptive compression level: {search.verdict()}")
+    best = search.best
+    if best is None:
+        chosen = min(range(len(search.trials)), key=lambda i: search.trials[i]["drop_points"])
+        final = results.get(chosen) or next(iter(results.values()))
+    else:
+        index = search.trials.index(best)
+        final = results[index]
+        final.checkpoint = _linked(Path(best["checkpoint"]), plan.work_dir, best["level"])
+        console.log.info(f"adaptive compression level: best checkpoint {final.checkpoint}")
+    final.work_dir = plan.work_dir
+    final.accuracy_aware = search.to_json()
+    return final
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _linked(checkpoint: Path, work_dir: Path, level: float) -> Path:
+    """The chosen trial's checkpoint under a name that says its level, in the work dir."""
+    import os
+    import shutil
+
+    target = work_dir / f"best_pruning_level_{level:.4f}.pth"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, target)
+    except OSError:  # another file system: a copy
+        shutil.copy2(checkpoint, target)
+    return target
 
 
 def initialize_compression(cfg: Any, model: Any, nncf_config: Any) -> tuple[Any, Any]:
