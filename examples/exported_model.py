@@ -1,0 +1,92 @@
+"""What both examples share: the export's `model.json` (beside the model), the preprocessing it
+describes (mmdet's keep-ratio resize, bottom-right padding), and the output: detections scaled
+back to the original image, printed, drawn, and optionally saved as JSON.
+
+Nothing here needs detcompress, mmdet or torch: numpy and opencv only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def read_metadata(model: Path) -> dict[str, Any]:
+    """The export's model.json: classes, input size, resize and pad rule, outputs."""
+    path = model.with_name("model.json")
+    metadata: dict[str, Any] = json.loads(path.read_text())
+    if not metadata.get("postprocessing"):
+        raise SystemExit(
+            f"{model}: exported with --no-postprocessing; these examples need the "
+            "`detections` output (export again without that option)"
+        )
+    return metadata
+
+
+def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The BGR image as the model's input [1, 3, H, W] float32 (0-255, BGR: the channel flip
+    and mean/std are inside the model), and the (x, y) scale from the original to the input."""
+    prep = metadata["preprocessing"]
+    height, width = image.shape[:2]
+    target_w, target_h = prep["resize_scale"]
+    if prep.get("keep_ratio", True):
+        # mmcv's rescale: the longer side to the longer target side, unless the shorter side
+        # would then exceed the shorter target side.
+        factor = min(
+            max(target_w, target_h) / max(height, width),
+            min(target_w, target_h) / min(height, width),
+        )
+        new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
+    else:
+        new_w, new_h = target_w, target_h
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    padded = np.full((prep["height"], prep["width"], 3), prep["pad_value"], dtype=np.float32)
+    padded[:new_h, :new_w] = resized
+    scale = np.array([new_w / width, new_h / height], dtype=np.float32)
+    return padded.transpose(2, 0, 1)[None], scale
+
+
+def to_original(
+    detections: np.ndarray, scale: np.ndarray, image: np.ndarray, metadata: dict[str, Any]
+) -> list[dict]:
+    """The model's [K, 7] rows (image index, label, score, x1, y1, x2, y2 in input pixels) as
+    boxes in the original image: clipped to it as mmdet's anchor heads do (YOLOX's boxes are
+    not clipped in mmdet, so not here either)."""
+    height, width = image.shape[:2]
+    boxes = detections[:, 3:7] / np.tile(scale, 2)
+    if metadata.get("head") != "YOLOXHead":
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return [
+        {"label": int(row[1]), "score": float(row[2]), "box": box.tolist()}
+        for row, box in zip(detections, boxes, strict=True)
+    ]
+
+
+def report(found: list[dict], image: np.ndarray, metadata: dict[str, Any], args: Any) -> None:
+    """Print the detections above --score-thr, draw them (--out) and save them (--json)."""
+    classes = metadata["classes"]
+    kept = [d for d in found if d["score"] >= args.score_thr]
+    for d in kept:
+        x1, y1, x2, y2 = d["box"]  # may lie partly outside the image (YOLOX)
+        print(
+            f"{classes[d['label']]:>12} {d['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]"
+        )
+        cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 1)
+        cv2.putText(
+            image,
+            f"{classes[d['label']]} {d['score']:.2f}",
+            (int(x1), max(int(y1) - 2, 8)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (0, 200, 0),
+            1,
+        )
+    if args.out:
+        cv2.imwrite(str(args.out), image)
+    if args.json:
+        Path(args.json).write_text(json.dumps(kept, indent=1))

@@ -1,0 +1,107 @@
+"""The plain-runtime examples (`examples/detect_openvino.py`, `examples/detect_onnxruntime.py`)
+run on the exported tiny demo and give exactly what `eval` predicts for the same images: images
+of another size than the model's input, so that the examples' resize, padding and scaling back
+are the test pipeline's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from detcompress.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Not the model's square input: keep-ratio resize to 96 x 70, then padding below.
+SIZE = (150, 110)  # width, height
+IMAGES = 3
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def resized_val(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first validation images of the tiny demo at SIZE, with their annotations scaled."""
+    root = tmp_path_factory.mktemp("resized") / "data"
+    (root / "val").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    ann = json.loads((tiny_workspace / "data" / "annotations" / "val.json").read_text())
+    images = ann["images"][:IMAGES]
+    keep = {image["id"] for image in images}
+    for image in images:
+        pixels = cv2.imread(str(tiny_workspace / "data" / "val" / image["file_name"]))
+        sx, sy = SIZE[0] / image["width"], SIZE[1] / image["height"]
+        cv2.imwrite(str(root / "val" / image["file_name"]), cv2.resize(pixels, SIZE))
+        for box in (a for a in ann["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = box["bbox"]
+            box["bbox"] = [x * sx, y * sy, w * sx, h * sy]
+            box["area"] = w * sx * h * sy
+        image["width"], image["height"] = SIZE
+    ann["images"] = images
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+    (root / "annotations" / "val.json").write_text(json.dumps(ann))
+    return root
+
+
+def _eval_predictions(model: Path, data: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """`eval`'s predictions on `data`, per image file name, as the examples write them."""
+    result = runner.invoke(
+        app,
+        ["eval", str(model), "--cfg-options", f"test_dataloader.dataset.data_root={data}/",
+         f"test_evaluator.ann_file={data}/annotations/val.json",
+         f"test_evaluator.outfile_prefix={out}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    ann = json.loads((data / "annotations" / "val.json").read_text())
+    names = {image["id"]: image["file_name"] for image in ann["images"]}
+    classes = json.loads(model.with_name("model.json").read_text())["classes"]
+    label_of = {c["id"]: classes.index(c["name"]) for c in ann["categories"]}
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in names.values()}
+    for p in json.loads(Path(f"{out}.bbox.json").read_text()):
+        x, y, w, h = p["bbox"]
+        found[names[p["image_id"]]].append(
+            {"label": label_of[p["category_id"]], "score": p["score"], "box": [x, y, x + w, y + h]}
+        )
+    return found
+
+
+@pytest.mark.parametrize(
+    ("script", "model_file"),
+    [("detect_openvino.py", "model.xml"), ("detect_onnxruntime.py", "model.onnx")],
+)
+def test_example_gives_evals_detections(
+    script: str, model_file: str, tiny_fp32_export: Path, resized_val: Path, tmp_path: Path
+) -> None:
+    model = tiny_fp32_export / model_file
+    expected = _eval_predictions(model, resized_val, tmp_path / "eval")
+    compared = 0
+    for name, wanted in expected.items():
+        out = tmp_path / f"{name}.json"
+        run = subprocess.run(
+            [sys.executable, str(EXAMPLES / script), str(model), str(resized_val / "val" / name),
+             "--score-thr", "0", "--json", str(out), "--out", str(tmp_path / f"drawn_{name}")],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        got = json.loads(out.read_text())
+        # The same runtime on the same input gives the same detections, in the same order
+        # (the tiny model's scores are near 0: any preprocessing difference reorders them).
+        assert len(got) == len(wanted) > 0
+        assert [d["label"] for d in got] == [d["label"] for d in wanted]
+        np.testing.assert_allclose(
+            [d["score"] for d in got], [d["score"] for d in wanted], rtol=1e-4, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            [d["box"] for d in got], [d["box"] for d in wanted], rtol=0, atol=1e-2
+        )
+        drawn = cv2.imread(str(tmp_path / f"drawn_{name}"))
+        assert drawn is not None and drawn.shape[:2] == (SIZE[1], SIZE[0])
+        compared += len(got)
+    assert compared >= IMAGES
