@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 
 from conftest import FAST_INIT
 from detcompress.cli import app
-from detcompress.compression.accuracy_control import Budget, output_error, rank_groups, search
+from detcompress.compression.accuracy_control import (
+    Budget,
+    measure_map_costs,
+    output_error,
+    rank_groups,
+    search,
+)
 from detcompress.errors import DetcompressError
 
 runner = CliRunner()
@@ -98,6 +104,21 @@ def test_search_keeps_the_fewest_costly_groups_in_float() -> None:
     # Logarithmic: the all-quantized validation, doublings, then bisection.
     assert evaluated[0] == 0 and len(set(evaluated)) == len(evaluated)
     assert len(evaluated) <= 2 + 2 * math.ceil(math.log2(len(groups)))
+
+
+def test_map_cost_of_each_top_group_alone_in_float() -> None:
+    groups, ranking = _ranked([0.1, 0.4, 0.2])
+
+    def validate() -> float:  # the mAP falls by the noise of each enabled group
+        return 0.6 - sum(g.noise for g in groups if g.enabled) / 10
+
+    measure_map_costs(ranking, groups, validate, top=2)
+    # Ranked by error removed: op1 (0.4), then op2 (0.2); op0 is not measured.
+    assert [r.operations for r in ranking] == [["op1"], ["op2"], ["op0"]]
+    assert ranking[0].map_in_float == pytest.approx(0.6 - 0.03)
+    assert ranking[1].map_in_float == pytest.approx(0.6 - 0.05)
+    assert ranking[2].map_in_float is None and "map_with_group_in_float" not in ranking[2].to_json()
+    assert all(g.enabled for g in groups)  # left as found
 
 
 def test_search_within_budget_at_once_keeps_everything_quantized() -> None:
@@ -222,6 +243,10 @@ def test_budgeted_ptq_end_to_end(tiny_workspace: Path, tiny_fp32: dict, tmp_path
     assert all(0 <= g["weight_quantizers"] <= g["quantizers"] for g in ranking)
     errors = [g["error_removed"] for g in ranking]
     assert errors == sorted(errors, reverse=True)
+    # The top of the ranking carries its mAP with the group alone in float.
+    measured = [g for g in ranking if "map_with_group_in_float" in g]
+    assert measured == ranking[: min(10, len(ranking))]
+    assert all(0.0 <= g["map_with_group_in_float"] <= 1.0 for g in measured)
     assert json.loads((work_dir / "accuracy_control.json").read_text())["ranking"] == ranking
     assert "sensitivity (quantizer groups ranked" in result.output
     # The checkpoint keeps the search and the nncf_config that rebuilds the model.

@@ -626,6 +626,11 @@ def quantize_within_budget(
         f"accuracy control: ranking {len(groups)} quantizer groups on {len(inputs)} batches"
     )
     ranking = accuracy_control.rank_groups(groups, quantized, inputs, float_outputs)
+    top = min(10, len(ranking))
+    console.log.info(f"accuracy control: validating the top {top} groups one by one in float")
+    accuracy_control.measure_map_costs(
+        ranking, groups, lambda: validator.metrics(quantized)[metric], top
+    )
     allowed = budget.allowed(reference)
     # The model of each validated prefix, kept while it may be the answer: the latest within
     # budget (prefixes within budget only get shorter) or, failing all, every group in float.

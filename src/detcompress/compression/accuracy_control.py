@@ -54,10 +54,18 @@ class RankedGroup:
     quantizers: int
     weight_quantizers: int
     error_removed: float  # share of the quantized model's output error gone with it in float
+    # Validation mAP with only this group in float (its quantizers switched off), for the top
+    # of the ranking: the mAP cost of quantizing it, as a user reads it.
+    map_in_float: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "operations": self.operations,
+            **(
+                {"map_with_group_in_float": self.map_in_float}
+                if self.map_in_float is not None
+                else {}
+            ),
             "quantizers": self.quantizers,
             "weight_quantizers": self.weight_quantizers,
             "error_removed": round(self.error_removed, 4),
@@ -114,15 +122,27 @@ class SearchResult:
             out.append(f"accuracy control: validated with the top-ranked groups in float: {tried}")
         if not self.ranking:
             return out
-        out.append("sensitivity (quantizer groups ranked by the output error each removes):")
-        out.append(f"  {'rank':>4}  {'error removed':>13}  {'quantizers':>10}  operations")
+        out.append(
+            "sensitivity (quantizer groups ranked by the output error each removes; mAP with "
+            "only that group in float, quantizers switched off):"
+        )
+        out.append(
+            f"  {'rank':>4}  {'error removed':>13}  {'mAP in float':>12}  {'quantizers':>10}  "
+            "operations"
+        )
         for index, group in enumerate(self.ranking[:top], 1):
             mark = "*" if index <= self.kept_in_float else " "
             names = ", ".join(group.operations[:3]) + (
                 f", ... ({len(group.operations)} in all)" if len(group.operations) > 3 else ""
             )
+            in_float = (
+                f"{group.map_in_float:.4f} ({points(group.map_in_float - self.quantized):+.1f})"
+                if group.map_in_float is not None
+                else "-"
+            )
             out.append(
-                f"  {index:>3}{mark}  {group.error_removed:>12.1%}  {group.quantizers:>10}  {names}"
+                f"  {index:>3}{mark}  {group.error_removed:>12.1%}  {in_float:>12}  "
+                f"{group.quantizers:>10}  {names}"
             )
         if len(self.ranking) > top:
             out.append(f"  ... {len(self.ranking) - top} more groups (all in the JSON report)")
@@ -180,6 +200,26 @@ def rank_groups(
     model.train(was_training)
     ranked.sort(key=lambda info: -info.error_removed)
     return ranked
+
+
+def measure_map_costs(
+    ranking: list[RankedGroup],
+    groups: Sequence[Group],
+    validate: Callable[[], float],
+    top: int = 10,
+) -> None:
+    """The validation mAP with each of the `top` ranked groups alone in float (its quantizers
+    switched off, the rest quantized): what each costs in mAP. Switching off overestimates
+    what re-quantizing without the group gives (bias correction and BN adaptation are not run
+    again), so the search validates re-quantized prefixes; this is the report for users."""
+    by_operations = {tuple(group.operations): group for group in groups}
+    for ranked in ranking[:top]:
+        group = by_operations[tuple(ranked.operations)]
+        group.set_enabled(False)
+        try:
+            ranked.map_in_float = validate()
+        finally:
+            group.set_enabled(True)
 
 
 def search(
