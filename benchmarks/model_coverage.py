@@ -34,14 +34,10 @@ PARITY_GOAL = {"fp32": 0.1, "int8": 0.5}  # mAP points
 
 def detcompress(*args: str) -> tuple[bool, str]:
     """Runs one CLI command; (succeeded, its first error line or '')."""
-    script = Path(sys.executable).with_name("detcompress")
-    launcher = (
-        [str(script)]
-        if script.is_file()
-        else [sys.executable, "-c", "from detcompress.cli import main; main()"]
-    )
     print("$ detcompress " + " ".join(args), flush=True)
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "detcompress", *args], capture_output=True, text=True
+    )
     if done.returncode == 0:
         return True, ""
     lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if line]

@@ -23,13 +23,11 @@ from pathlib import Path
 
 
 def detcompress(*args: str, cpus: str | None = None) -> None:
-    script = Path(sys.executable).with_name("detcompress")
-    launcher = (
-        [str(script)]
-        if script.is_file()
-        else [sys.executable, "-c", "from detcompress.cli import main; main()"]
-    )
-    command = [*(["taskset", "-c", cpus] if cpus else []), *launcher, *args]
+    command = [
+        *(["taskset", "-c", cpus] if cpus else []),
+        *[sys.executable, "-m", "detcompress"],
+        *args,
+    ]
     print("$ detcompress " + " ".join(args), flush=True)
     subprocess.run(command, check=True)
 
