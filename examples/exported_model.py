@@ -7,12 +7,33 @@ Nothing here needs detcompress, mmdet or torch: numpy and opencv only.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+
+def arguments(description: str, model_file: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("model", type=Path, help=f"{model_file} (model.json beside it)")
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--score-thr", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, help="write the image with the detections drawn")
+    parser.add_argument("--json", type=Path, help="write the detections as JSON")
+    return parser.parse_args()
+
+
+def load(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """The metadata, the image, the model's input and the resize scale."""
+    metadata = read_metadata(args.model)
+    image = cv2.imread(str(args.image))
+    if image is None:
+        raise SystemExit(f"{args.image}: not an image opencv can read")
+    blob, scale = preprocess(image, metadata)
+    return metadata, image, blob, scale
 
 
 def read_metadata(model: Path) -> dict[str, Any]:
