@@ -314,3 +314,28 @@ def test_unsupported_budget_runs_are_refused_in_one_line(
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert fragment in lines[0]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_epoch_based_run_validates_every_epoch_and_names_the_best_by_epoch(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path: Path
+) -> None:
+    """--max-epochs makes an epoch-based run, which otherwise validates only at its end; the
+    tiny demo's config is iteration-based, so early exit validates after every epoch (NNCF 2's
+    rule) and stops after epoch 1 (6 iterations), the first fully compressed validation."""
+    preset = tmp_path / "sparsity_budget.yaml"
+    preset.write_text(SPARSITY_WITH_BUDGET)
+    report = tmp_path / "epochs.json"
+    work = tmp_path / "epochs"
+    result = runner.invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", str(preset),
+         "--load-from", tiny_fp32["checkpoint"], "--max-epochs", "3", "--work-dir", str(work),
+         "--json", str(report)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    aware = json.loads(report.read_text())["accuracy_aware"]
+    assert [(v["iteration"], v["epoch"]) for v in aware["validations"]] == [(0, 0), (6, 1)]
+    assert aware["stopped"]["epoch"] == 1
+    assert (work / "best_coco_bbox_mAP_epoch_1.pth").is_file()
+    assert _meta(work / "best_coco_bbox_mAP_epoch_1.pth")["epoch"] == 1

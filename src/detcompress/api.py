@@ -129,11 +129,12 @@ class CompressPlan:
             f"postprocessing compressed: {self.config.compress_postprocessing}",
         ]
         if self.accuracy_budget is not None:
-            how = (
-                "quantizer groups kept in float as needed"
-                if self.accuracy_mode == "ptq"
-                else "early_exit: training stops at the first validation within it"
-            )
+            how = {
+                "ptq": "quantizer groups kept in float as needed",
+                "early_exit": "early_exit: training stops at the first validation within it",
+                "adaptive_compression_level": "adaptive_compression_level: the highest "
+                "pruning level within it, one fine-tuning run per level",
+            }.get(self.accuracy_mode or "", "")
             lines.append(
                 f"accuracy:    validation mAP at most {self.accuracy_budget.describe()} below "
                 f"the uncompressed model's ({how})"
@@ -359,12 +360,12 @@ def compress(
     from detcompress.train import runner
 
     cfg = loaded.cfg
-    config_val_interval = (cfg.get("train_cfg") or {}).get("val_interval", 1)
+    epochs_interval = _epoch_val_interval(cfg.get("train_cfg") or {})
     runner.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
     if plan.accuracy_mode == "early_exit" and plan.max_epochs is not None:
         # An epoch-based run validates only at its end otherwise: early exit needs the config's
         # interval (NNCF 2 validated after every epoch).
-        cfg.train_cfg["val_interval"] = min(int(config_val_interval or 1), plan.max_epochs)
+        cfg.train_cfg["val_interval"] = min(epochs_interval, plan.max_epochs)
     model = _build_model(cfg, dist, target_device)
     source_meta = detector.detcompress_meta(source)
     report_lines: list[str] = list(plan.schedule_notes)
@@ -431,6 +432,13 @@ def compress(
     if early_exit is not None:
         compressed.accuracy_aware = early_exit.to_json()
     return compressed
+
+
+def _epoch_val_interval(train_cfg: Any) -> int:
+    """The config's validation interval in epochs (1, NNCF 2's, for an iteration-based one)."""
+    epoch_based = train_cfg.get("type") == "EpochBasedTrainLoop" or "max_epochs" in train_cfg
+    interval = train_cfg.get("val_interval")
+    return int(interval) if epoch_based and isinstance(interval, int) and interval > 0 else 1
 
 
 def _early_exit_state(cfg: Any, model: Any, budget: Any) -> Any:
