@@ -128,3 +128,19 @@ def test_adaptive_pruning_ends_at_the_highest_level_within_budget(
         stats = torch.load(trial["checkpoint"], weights_only=True)["meta"]["detcompress"]
         filters.insert(-1, stats["structure"]["statistics"]["filter_pruning"]["filters"])
     assert filters == sorted(filters, reverse=True) and len(set(filters)) == 3
+
+
+def test_plan_says_the_search_and_its_epochs(tiny_workspace: Path, tmp_path: Path) -> None:
+    preset = tmp_path / "adaptive.yaml"
+    preset.write_text(ADAPTIVE_PRUNING)
+    result = runner.invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", str(preset),
+         "--dry-run", "--work-dir", str(tmp_path / "w")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "schedule:    1 epochs (initial phase), then 1 per level, at most 3 in all" in (
+        result.output
+    )
+    assert "adaptive_compression_level: the highest pruning level within it" in result.output
+    assert not (tmp_path / "w").exists()

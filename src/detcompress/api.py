@@ -89,6 +89,15 @@ class CompressPlan:
 
     @property
     def schedule(self) -> str:
+        if self.accuracy_mode == "adaptive_compression_level":
+            from detcompress.config.accuracy_aware import SECTION
+            from detcompress.train.adaptive_level import SearchSettings
+
+            search = SearchSettings.of(self.config.nncf.raw[SECTION].get("params") or {})
+            return (
+                f"{search.initial_training_phase_epochs} epochs (initial phase), then "
+                f"{search.patience_epochs} per level, at most {search.maximal_total_epochs} in all"
+            )
         if self.max_iters is not None:
             return f"{self.max_iters} iterations" if self.max_iters else "no training (evaluate)"
         if self.max_epochs is not None:
