@@ -64,11 +64,19 @@ def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray,
         new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
     else:
         new_w, new_h = target_w, target_h
+    if new_w > prep["width"] or new_h > prep["height"]:
+        raise SystemExit(
+            f"the image resizes to {new_w}x{new_h}, larger than the model's fixed input "
+            f"{prep['width']}x{prep['height']} (a portrait image for a landscape input); export "
+            "with a larger --input-shape"
+        )
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     padded = np.full((prep["height"], prep["width"], 3), prep["pad_value"], dtype=np.float32)
     padded[:new_h, :new_w] = resized
     scale = np.array([new_w / width, new_h / height], dtype=np.float32)
-    return padded.transpose(2, 0, 1)[None], scale
+    # A model exported with a fixed batch above 1 gets the image in every slot.
+    batch = max(int(metadata["input"]["shape"][0]), 1)
+    return np.repeat(padded.transpose(2, 0, 1)[None], batch, axis=0), scale
 
 
 def to_original(
@@ -78,6 +86,7 @@ def to_original(
     boxes in the original image: clipped to it as mmdet's anchor heads do (YOLOX's boxes are
     not clipped in mmdet, so not here either)."""
     height, width = image.shape[:2]
+    detections = detections[detections[:, 0] == 0]  # the first image of the batch
     boxes = detections[:, 3:7] / np.tile(scale, 2)
     if metadata.get("head") != "YOLOXHead":
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)

@@ -262,6 +262,7 @@ def test_budgeted_ptq_end_to_end(tiny_workspace: Path, tiny_fp32: dict, tmp_path
     [
         ("int8", "lots", "--max-accuracy-drop is 'lots'"),
         ("int8", "150%", "a percentage must be below 100%"),
+        ("int8", "150", "mAP points are at most 100"),
         ("filter_pruning", "0.5", "quantizes only"),
     ],
 )

@@ -130,13 +130,15 @@ def test_adaptive_pruning_ends_at_the_highest_level_within_budget(
     assert filters == sorted(filters, reverse=True) and len(set(filters)) == 3
 
 
-def test_plan_says_the_search_and_its_epochs(tiny_workspace: Path, tmp_path: Path) -> None:
+def test_plan_says_the_search_and_its_epochs(
+    tiny_workspace: Path, tiny_fp32: dict, tmp_path: Path
+) -> None:
     preset = tmp_path / "adaptive.yaml"
     preset.write_text(ADAPTIVE_PRUNING)
     result = runner.invoke(
         app,
         ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", str(preset),
-         "--dry-run", "--work-dir", str(tmp_path / "w")],
+         "--load-from", tiny_fp32["checkpoint"], "--dry-run", "--work-dir", str(tmp_path / "w")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "schedule:    1 epochs (initial phase), then 1 per level, at most 3 in all" in (
@@ -144,3 +146,19 @@ def test_plan_says_the_search_and_its_epochs(tiny_workspace: Path, tmp_path: Pat
     )
     assert "adaptive_compression_level: the highest pruning level within it" in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_an_earlier_search_is_refused_or_moved_aside_with_force(tmp_path: Path) -> None:
+    from detcompress.api import _claim_trial_dirs
+    from detcompress.errors import OutputExistsError
+
+    level = tmp_path / "level_0.4000"
+    level.mkdir()
+    (level / "epoch_1.pth").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="holds an earlier level search"):
+        _claim_trial_dirs(tmp_path, force=False)
+    _claim_trial_dirs(tmp_path, force=True)
+    assert not level.exists()
+    assert [p.relative_to(tmp_path).parts[1:] for p in tmp_path.glob("previous_run_*/*/*")] == [
+        ("level_0.4000", "epoch_1.pth")
+    ]

@@ -339,3 +339,17 @@ def test_epoch_based_run_validates_every_epoch_and_names_the_best_by_epoch(
     assert aware["stopped"]["epoch"] == 1
     assert (work / "best_coco_bbox_mAP_epoch_1.pth").is_file()
     assert _meta(work / "best_coco_bbox_mAP_epoch_1.pth")["epoch"] == 1
+
+
+def test_a_budget_needs_the_trained_uncompressed_model(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        ["compress", str(tiny_workspace / "configs" / "demo.py"), "--preset", "int8",
+         "--max-iters", "2", "--max-accuracy-drop", "0.5", "--work-dir", str(tmp_path / "w")],
+    )  # fmt: skip
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "give its checkpoint with --load-from" in lines[0]
+    assert not (tmp_path / "w").exists()

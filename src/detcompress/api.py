@@ -195,6 +195,13 @@ class CompressResult:
                 f"bbox mAP:   {m['bbox_mAP']:.3f}  (mAP50 {m.get('bbox_mAP_50', nan):.3f}, "
                 f"mAP75 {m.get('bbox_mAP_75', nan):.3f}) after {self.iterations} iterations"
             )
+        best = self.accuracy_aware.get("best") if self.accuracy_aware else None
+        if best and "iteration" in best and best["iteration"] != self.iterations:
+            # early_exit missed its budget: the checkpoint is the best validation, not the last.
+            lines.append(
+                f"checkpoint bbox mAP: {best['bbox_mAP']:.3f} (its validation, at iteration "
+                f"{best['iteration']}; the line above is the last validation's)"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -236,9 +243,21 @@ def plan_compress(
     cfg = loaded.cfg
     resolved_work_dir = work_dir or Path(cfg.get("work_dir") or Path("work_dirs") / config.stem)
     resolved_load = load_from or (Path(cfg.load_from) if cfg.get("load_from") else None)
+    if mode is not None and resolved_load is None:
+        raise DetcompressError(
+            f"{config}: an mAP budget is measured against the trained uncompressed model; give "
+            "its checkpoint with --load-from (without one the reference mAP is ~0 and any "
+            "budget is met at once)"
+        )
     check_output_dir(resolved_work_dir, "--work-dir")
     from detcompress.train.runner import schedule_changes
 
+    notes = schedule_changes(cfg, max_iters, max_epochs)
+    if mode == "early_exit" and max_iters and _validates_only_at_end(cfg, max_iters):
+        notes.append(
+            "early exit validates only after initialization and at the end: give a shorter "
+            "interval with --cfg-options train_cfg.val_interval=N"
+        )
     return CompressPlan(
         loaded,
         resolved_work_dir,
@@ -246,10 +265,16 @@ def plan_compress(
         max_iters,
         max_epochs,
         list(loaded.warnings),
-        schedule_changes(cfg, max_iters, max_epochs),
+        notes,
         budget,
         mode,
     )
+
+
+def _validates_only_at_end(cfg: Any, max_iters: int) -> bool:
+    from detcompress.train.runner import kept_val_interval
+
+    return kept_val_interval(cfg.get("train_cfg") or {}, max_iters) >= max_iters
 
 
 def _accuracy_budget(
@@ -338,7 +363,7 @@ def compress(
 
     target_device = _checked_device(launcher, device, "compress")
     if plan.accuracy_mode == "adaptive_compression_level" and launcher == "none":
-        return adaptive_compression_level(plan, trust_checkpoint, force, device)
+        return adaptive_compression_level(plan, trust_checkpoint, force, device, allow_partial_load)
     if plan.accuracy_budget is not None and launcher != "none":
         raise DetcompressError(
             "an mAP budget (--max-accuracy-drop, accuracy_aware_training) runs in one process "
@@ -372,9 +397,10 @@ def compress(
     epochs_interval = _epoch_val_interval(cfg.get("train_cfg") or {})
     runner.prepare_cfg(cfg, plan.work_dir, plan.max_iters, plan.max_epochs)
     if plan.accuracy_mode == "early_exit" and plan.max_epochs is not None:
-        # An epoch-based run validates only at its end otherwise: early exit needs the config's
-        # interval (NNCF 2 validated after every epoch).
+        # An epoch-based run validates (and saves) only at its end otherwise: early exit needs
+        # the config's interval (NNCF 2 validated after every epoch), resume a checkpoint there.
         cfg.train_cfg["val_interval"] = min(epochs_interval, plan.max_epochs)
+        cfg.default_hooks.checkpoint["interval"] = cfg.train_cfg["val_interval"]
     model = _build_model(cfg, dist, target_device)
     source_meta = detector.detcompress_meta(source)
     report_lines: list[str] = list(plan.schedule_notes)
@@ -676,7 +702,11 @@ def quantize_within_budget(
 
 
 def adaptive_compression_level(
-    plan: CompressPlan, trust_checkpoint: bool, force: bool, device: str
+    plan: CompressPlan,
+    trust_checkpoint: bool,
+    force: bool,
+    device: str,
+    allow_partial_load: bool = False,
 ) -> CompressResult:
     """NNCF 2's adaptive_compression_level for filter pruning (`train/adaptive_level.py`): the
     uncompressed model is validated once, then each pruning level is a fine-tuning run of its
@@ -704,13 +734,14 @@ def adaptive_compression_level(
             "uncompressed model: give the FP32 checkpoint to --load-from"
         )
     claim_work_dir(plan.work_dir, force)
+    _claim_trial_dirs(plan.work_dir, force)
     pristine = copy.deepcopy(loaded.cfg)
     base_raw = {k: v for k, v in loaded.nncf.raw.items() if k != SECTION}
 
     reference_cfg = copy.deepcopy(pristine)
     model = detector.build_detector(reference_cfg).to(detector.select_device(device))
     if source is not None and plan.load_from is not None:
-        detector.load_weights(model, source, plan.load_from)
+        detector.load_weights(model, source, plan.load_from, allow_partial_load)
     search = LevelSearch(
         _early_exit_state(reference_cfg, model, plan.accuracy_budget).reference,
         plan.accuracy_budget,
@@ -752,7 +783,13 @@ def adaptive_compression_level(
             f"adaptive compression level: {name}: {epochs} epoch(s) from "
             + (f"the level {start['level']:g} model" if start else "the uncompressed model")
         )
-        result = compress(trial_plan, trust_checkpoint, force=False, device=device)
+        result = compress(
+            trial_plan,
+            trust_checkpoint,
+            force=False,
+            device=device,
+            allow_partial_load=allow_partial_load,
+        )
         from detcompress.compression.state import state_of
 
         state = state_of(result.model)
@@ -771,6 +808,11 @@ def adaptive_compression_level(
         )
         atomic_write_text(report_path, json.dumps(search.to_json(), indent=2))
         results[len(search.trials) - 1] = result
+        # Only the best level's model and the smallest drop's can be returned: free the rest.
+        wanted = {id(search.best), id(min(search.trials, key=lambda t: t["drop_points"]))}
+        for index, kept in results.items():
+            if id(search.trials[index]) not in wanted:
+                kept.model = None
         return result
 
     results: dict[int, CompressResult] = {}
@@ -791,6 +833,30 @@ def adaptive_compression_level(
     final.work_dir = plan.work_dir
     final.accuracy_aware = search.to_json()
     return final
+
+
+def _claim_trial_dirs(work_dir: Path, force: bool) -> None:
+    """An earlier search's level folders: refused, or with --force moved aside (never deleted)
+    before anything runs, as claim_work_dir does for checkpoints."""
+    import shutil
+    import time
+
+    earlier = [
+        d
+        for d in [work_dir / "initial_phase", *sorted(work_dir.glob("level_*"))]
+        if d.is_dir() and any(d.glob("*.pth"))
+    ]
+    if not earlier:
+        return
+    if not force:
+        raise OutputExistsError(
+            f"{work_dir}: holds an earlier level search ({earlier[0].name}/, ...); choose "
+            "another --work-dir, or pass --force to move it aside"
+        )
+    backup = work_dir / f"previous_run_{time.strftime('%Y%m%d_%H%M%S')}"
+    backup.mkdir(exist_ok=True)
+    for folder in earlier:
+        shutil.move(str(folder), backup / folder.name)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -56,6 +56,8 @@ class Budget:
         value = float(match.group(1))
         if match.group(2) and value >= 100:
             raise DetcompressError(f"{option} is '{text}'; a percentage must be below 100%")
+        if value > 100:
+            raise DetcompressError(f"{option} is '{text}'; mAP points are at most 100")
         return cls(value, relative=bool(match.group(2)))
 
     def allowed(self, reference: float) -> float:
@@ -100,7 +102,7 @@ class AccuracyAwareTraining:
         if RELATIVE in params and ABSOLUTE in params:
             raise PresetError(f"{source}: '{path}' sets both {RELATIVE} and {ABSOLUTE}; give one")
         if ABSOLUTE in params:
-            budget = Budget(float(params[ABSOLUTE]) * 100, relative=False)
+            budget = Budget(round(float(params[ABSOLUTE]) * 100, 8), relative=False)
         else:
             percent = float(params.get(RELATIVE, DEFAULT_RELATIVE_PERCENT))
             if percent >= 100:

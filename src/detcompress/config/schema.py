@@ -279,7 +279,7 @@ ACCURACY_AWARE_TRAINING = Obj(
                     "0.5 points)",
                 ),
                 "maximal_total_epochs": POS_INT,
-                "initial_training_phase_epochs": NON_NEG_INT,
+                "initial_training_phase_epochs": POS_INT,
                 "patience_epochs": POS_INT,
                 "initial_compression_rate_step": _ratio(True, True),
                 "compression_rate_step_reduction_factor": _ratio(True, True),

@@ -134,7 +134,8 @@ class CompressionScheduleHook(Hook):
         only point at which an accuracy-aware run may stop), and else what it waits for."""
         state = state_of(unwrapped(runner.model))
         waiting = []
-        if self.quant_start != (None, None) and self._quantizers_on != (True, True):
+        # Before the first iteration the quantizers are as initialized: all on.
+        if self._quantizers_on not in (None, (True, True)):
             waiting.append("quantizers switched on later")
         if self.sparsity is not None:
             level = state.sparsity_level if state and state.sparsity_level is not None else 0.0

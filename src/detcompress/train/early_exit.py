@@ -124,6 +124,16 @@ def _bbox_map(metrics: dict[str, float] | None) -> float:
     return 0.0
 
 
+def _is_validation_point(runner: Any) -> bool:
+    """Whether the loop validates at the iteration (or epoch) the run stands at: a resumed
+    run validates where the uninterrupted run would have, not at every checkpoint."""
+    loop = runner.train_loop
+    interval = max(int(getattr(loop, "val_interval", 1) or 1), 1)
+    if type(loop).__name__ == "EpochBasedTrainLoop":
+        return runner.epoch % interval == 0
+    return runner.iter % interval == 0
+
+
 class EarlyExitHook(Hook):
     """Carries out `EarlyExitState` on the Runner: validation after initialization, the stop,
     the best checkpoint, the work dir's `accuracy_aware.json` and the checkpoints' meta."""
@@ -147,7 +157,8 @@ class EarlyExitHook(Hook):
         # NNCF 2 validates the initialized model first. A resumed run validates the model it
         # loaded too, unless the state has it: the Runner saves an iteration's checkpoint
         # before that iteration's validation, so the state inside lacks that validation.
-        if not any(v["iteration"] == runner.iter for v in self.state.validations):
+        validated = any(v["iteration"] == runner.iter for v in self.state.validations)
+        if not validated and (runner.iter == 0 or _is_validation_point(runner)):
             runner.val_loop.run()
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:

@@ -108,7 +108,7 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
         cfg.train_cfg = dict(
             type="IterBasedTrainLoop",
             max_iters=max_iters,
-            val_interval=_kept_val_interval(cfg.get("train_cfg") or {}, max_iters),
+            val_interval=kept_val_interval(cfg.get("train_cfg") or {}, max_iters),
         )
         # Keep a shorter iteration-based checkpoint interval of the config; else save at the end.
         hook = cfg.default_hooks.get("checkpoint") or {}
@@ -141,7 +141,7 @@ def set_schedule(cfg: Any, max_iters: int | None, max_epochs: int | None) -> Non
             loader["persistent_workers"] = False
 
 
-def _kept_val_interval(train_cfg: Any, max_iters: int) -> int:
+def kept_val_interval(train_cfg: Any, max_iters: int) -> int:
     interval = train_cfg.get("val_interval")
     iteration_based = train_cfg.get("type") == "IterBasedTrainLoop" or "max_iters" in train_cfg
     if iteration_based and isinstance(interval, int) and 0 < interval < max_iters:
@@ -164,7 +164,7 @@ def schedule_changes(cfg: Any, max_iters: int | None, max_epochs: int | None) ->
     assert length is not None  # one of the two is set
     notes = [f"schedule: {length} {unit}s instead of the config's {was}"]
     if max_iters is not None:
-        interval = _kept_val_interval(train_cfg, max_iters)
+        interval = kept_val_interval(train_cfg, max_iters)
         notes.append(
             f"validation every {interval} iterations"
             + ("" if interval < max_iters else " (at the end)")
