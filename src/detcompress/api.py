@@ -90,10 +90,10 @@ class CompressPlan:
     @property
     def schedule(self) -> str:
         if self.accuracy_mode == "adaptive_compression_level":
-            from detcompress.config.accuracy_aware import SECTION
             from detcompress.train.adaptive_level import SearchSettings
 
-            search = SearchSettings.of(self.config.nncf.raw[SECTION].get("params") or {})
+            assert self.config.nncf.accuracy_aware is not None
+            search = SearchSettings.of(self.config.nncf.accuracy_aware.params)
             return (
                 f"{search.initial_training_phase_epochs} epochs (initial phase), then "
                 f"{search.patience_epochs} per level, at most {search.maximal_total_epochs} in all"
@@ -416,7 +416,11 @@ def compress(
             filled = detector.load_weights(model, source, plan.load_from, allow_partial_load)
             report_lines.append(filled.line(plan.load_from))
         if plan.accuracy_mode == "early_exit":
-            early_exit = _early_exit_state(cfg, model.to(target_device), plan.accuracy_budget)
+            from detcompress.train.early_exit import EarlyExitState
+
+            early_exit = EarlyExitState(
+                _reference_map(cfg, model.to(target_device)), plan.accuracy_budget
+            )
         if plan.accuracy_mode == "ptq":
             model, init_report, nncf_config, control = quantize_within_budget(
                 cfg, model.to(target_device), nncf_config, plan.accuracy_budget, plan.work_dir
@@ -476,17 +480,17 @@ def _epoch_val_interval(train_cfg: Any) -> int:
     return int(interval) if epoch_based and isinstance(interval, int) and interval > 0 else 1
 
 
-def _early_exit_state(cfg: Any, model: Any, budget: Any) -> Any:
-    """The start of an early_exit run: the uncompressed model validated once (the reference)."""
+def _reference_map(cfg: Any, model: Any) -> float:
+    """The uncompressed model's validation mAP, measured once: what a budget is measured from."""
+    from detcompress.config.accuracy_aware import METRIC
     from detcompress.measure.evaluation import Validator
-    from detcompress.train.early_exit import METRIC, EarlyExitState
 
     validator = Validator(cfg)
     console.log.info(
         f"accuracy-aware training: validating the uncompressed model on {validator.images} "
         "images (the reference)"
     )
-    return EarlyExitState(validator.metrics(model)[METRIC], budget)
+    return validator.metrics(model)[METRIC]
 
 
 def _best_checkpoint(early_exit: Any) -> Path | None:
@@ -716,7 +720,7 @@ def adaptive_compression_level(
     import json
 
     from detcompress.config.accuracy_aware import SECTION
-    from detcompress.config.presets import build_nncf_config
+    from detcompress.config.presets import build_nncf_config, with_constant_pruning_level
     from detcompress.files import atomic_write_text
     from detcompress.model import detector
     from detcompress.model.checkpoint import load_checkpoint
@@ -725,7 +729,7 @@ def adaptive_compression_level(
     loaded = plan.config
     aware = loaded.nncf.accuracy_aware
     assert aware is not None and plan.accuracy_budget is not None
-    settings = SearchSettings.of(loaded.nncf.raw[SECTION].get("params") or {})
+    settings = SearchSettings.of(aware.params)
     check_data_paths(loaded.cfg, loaded.path, ("train", "val"))
     source = load_checkpoint(plan.load_from, trust=trust_checkpoint) if plan.load_from else None
     if (detector.detcompress_meta(source) or {}).get("compressed"):
@@ -742,27 +746,13 @@ def adaptive_compression_level(
     model = detector.build_detector(reference_cfg).to(detector.select_device(device))
     if source is not None and plan.load_from is not None:
         detector.load_weights(model, source, plan.load_from, allow_partial_load)
-    search = LevelSearch(
-        _early_exit_state(reference_cfg, model, plan.accuracy_budget).reference,
-        plan.accuracy_budget,
-        settings,
-    )
+    search = LevelSearch(_reference_map(reference_cfg, model), plan.accuracy_budget, settings)
     del model
     report_path = plan.work_dir / "accuracy_aware.json"
 
     def trial(level: float | None, epochs: int) -> CompressResult:
-        raw = copy.deepcopy(base_raw)
-        if level is not None:  # the config's own schedule in the initial phase
-            pruning = next(
-                a for a in _as_list(raw["compression"]) if a["algorithm"] == "filter_pruning"
-            )
-            pruning["pruning_init"] = level
-            pruning["params"] = {
-                **(pruning.get("params") or {}),
-                "schedule": "baseline",
-                "pruning_target": level,
-                "num_init_steps": 0,
-            }
+        # The initial phase keeps the config's own schedule.
+        raw = with_constant_pruning_level(base_raw, level) if level is not None else base_raw
         start = search.start_for(level) if level is not None else None
         name = f"level_{level:.4f}" if level is not None else "initial_phase"
         trial_plan = CompressPlan(
@@ -857,10 +847,6 @@ def _claim_trial_dirs(work_dir: Path, force: bool) -> None:
     backup.mkdir(exist_ok=True)
     for folder in earlier:
         shutil.move(str(folder), backup / folder.name)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def _linked(checkpoint: Path, work_dir: Path, level: float) -> Path:

@@ -24,9 +24,8 @@ from typing import Any, Protocol
 
 import torch
 
-from detcompress.config.accuracy_aware import Budget
+from detcompress.config.accuracy_aware import METRIC, Budget
 
-METRIC = "bbox_mAP"
 # Validation images whose outputs rank the groups (the first ones of the validation set).
 RANKING_IMAGES = 16
 

@@ -12,11 +12,13 @@ that the checkpoint's nncf_config carries the budget for `resume`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from detcompress.errors import DetcompressError, PresetError
 
+# The metric every budget is measured on (mmdet's CocoMetric, a fraction in [0, 1]).
+METRIC = "bbox_mAP"
 SECTION = "accuracy_aware_training"
 MODES = ("early_exit", "adaptive_compression_level")
 RELATIVE = "maximal_relative_accuracy_degradation"
@@ -35,6 +37,11 @@ ADAPTIVE_PARAMS = (
     "minimal_compression_rate_step",
 )
 PARAMS_OF_MODE = {"early_exit": EARLY_EXIT_PARAMS, "adaptive_compression_level": ADAPTIVE_PARAMS}
+
+
+def drop_points(fraction: float) -> float:
+    """An mAP difference (mmdet's fraction) in mAP points, as the accuracy-aware reports give it."""
+    return round(fraction * 100, 4)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class AccuracyAwareTraining:
     mode: str
     budget: Budget
     maximal_total_epochs: int | None = None
+    # The section's parameters as given (adaptive_compression_level's search reads them).
+    params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, section: dict[str, Any], source: str) -> AccuracyAwareTraining:
@@ -111,7 +120,7 @@ class AccuracyAwareTraining:
                 )
             budget = Budget(percent, relative=True)
         epochs = params.get(TOTAL_EPOCHS)
-        return cls(mode, budget, int(epochs) if epochs is not None else None)
+        return cls(mode, budget, int(epochs) if epochs is not None else None, dict(params))
 
 
 def with_budget(raw: dict[str, Any], budget: Budget) -> dict[str, Any]:

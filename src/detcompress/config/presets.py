@@ -388,6 +388,22 @@ def with_ignored_operations(
     return build_nncf_config(merged, "nncf_config")
 
 
+def with_constant_pruning_level(raw: dict[str, Any], level: float) -> dict[str, Any]:
+    """The nncf_config `raw` with its filter pruning held at `level` from the start (baseline
+    schedule, pruning_init = pruning_target = level): one level of an adaptive search."""
+    merged = copy.deepcopy(raw)
+    for algo in _as_list(merged.get("compression", [])):
+        if isinstance(algo, dict) and algo.get("algorithm") == "filter_pruning":
+            algo["pruning_init"] = level
+            algo["params"] = {
+                **(algo.get("params") or {}),
+                "schedule": "baseline",
+                "pruning_target": level,
+                "num_init_steps": 0,
+            }
+    return merged
+
+
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Key paths whose values differ between two nncf_configs (for refusing a mismatch)."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from detcompress.config.accuracy_aware import Budget
+from detcompress.config.accuracy_aware import METRIC, Budget, drop_points
 
-METRIC = "bbox_mAP"
 # NNCF 2's bounds of the compression rate in adaptive_compression_level.
 MINIMAL_LEVEL = 0.05
 MAXIMAL_LEVEL = 0.95
@@ -86,7 +85,7 @@ class LevelSearch:
         entry = {
             "level": round(level, 6),
             METRIC: value,
-            "drop_points": round(drop * 100, 4),
+            "drop_points": drop_points(drop),
             "within_budget": drop <= self.allowed + 1e-12,
             "epochs": epochs,
             "checkpoint": checkpoint,

@@ -19,15 +19,11 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from detcompress import console
-from detcompress.config.accuracy_aware import Budget
+from detcompress.config.accuracy_aware import METRIC, Budget
+from detcompress.config.accuracy_aware import drop_points as points
 
-METRIC = "bbox_mAP"
 REPORT_FILE = "accuracy_aware.json"
 META_KEY = "accuracy_aware"
-
-
-def points(fraction: float) -> float:
-    return round(fraction * 100, 4)
 
 
 @dataclass
@@ -162,7 +158,7 @@ class EarlyExitHook(Hook):
             runner.val_loop.run()
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
-        if not runner.train_loop or getattr(runner.train_loop, "stop_training", False):
+        if getattr(runner.train_loop, "stop_training", False):
             return
         value = _bbox_map(metrics)
         fully, waiting = self.fully_compressed(runner)
