@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit code 2, as for a bad command-line argument."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def arguments(description: str, model_file: str) -> argparse.Namespace:
@@ -31,7 +38,7 @@ def load(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarr
     metadata = read_metadata(args.model)
     image = cv2.imread(str(args.image))
     if image is None:
-        raise SystemExit(f"{args.image}: not an image opencv can read")
+        fail(f"{args.image}: not an image opencv can read")
     blob, scale = preprocess(image, metadata)
     return metadata, image, blob, scale
 
@@ -41,7 +48,7 @@ def read_metadata(model: Path) -> dict[str, Any]:
     path = model.with_name("model.json")
     metadata: dict[str, Any] = json.loads(path.read_text())
     if not metadata.get("postprocessing"):
-        raise SystemExit(
+        fail(
             f"{model}: exported with --no-postprocessing; these examples need the "
             "`detections` output (export again without that option)"
         )
@@ -65,7 +72,7 @@ def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray,
     else:
         new_w, new_h = target_w, target_h
     if new_w > prep["width"] or new_h > prep["height"]:
-        raise SystemExit(
+        fail(
             f"the image resizes to {new_w}x{new_h}, larger than the model's fixed input "
             f"{prep['width']}x{prep['height']} (a portrait image for a landscape input); export "
             "with a larger --input-shape"

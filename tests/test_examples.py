@@ -105,3 +105,21 @@ def test_example_gives_evals_detections(
         assert drawn is not None and drawn.shape[:2] == (SIZE[1], SIZE[0])
         compared += len(got)
     assert compared >= IMAGES
+
+
+@pytest.mark.parametrize("script", ["detect_openvino.py", "detect_onnxruntime.py"])
+def test_example_refuses_an_unreadable_image_in_one_line(
+    script: str, tiny_fp32_export: Path, tmp_path: Path
+) -> None:
+    model = tiny_fp32_export / ("model.xml" if "openvino" in script else "model.onnx")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not pixels")
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), str(model), str(not_an_image)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: {not_an_image}: not an image opencv can read"
+    ]
+    assert not_an_image.read_text() == "not pixels"
