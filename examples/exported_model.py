@@ -56,8 +56,9 @@ def read_metadata(model: Path) -> dict[str, Any]:
 
 
 def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The BGR image as the model's input [1, 3, H, W] float32 (0-255, BGR: the channel flip
-    and mean/std are inside the model), and the (x, y) scale from the original to the input."""
+    """The BGR image as the model's input, [1, 3, H, W] float32 (0-255; the channel flip and
+    mean/std are inside the model) or, for an export with `--input u8-nhwc`, [1, H, W, 3]
+    uint8 as decoded, and the (x, y) scale from the original to the input."""
     prep = metadata["preprocessing"]
     height, width = image.shape[:2]
     target_w, target_h = prep["resize_scale"]
@@ -78,12 +79,14 @@ def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray,
             "with a larger --input-shape"
         )
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    padded = np.full((prep["height"], prep["width"], 3), prep["pad_value"], dtype=np.float32)
+    padded = np.full((prep["height"], prep["width"], 3), prep["pad_value"], dtype=np.uint8)
     padded[:new_h, :new_w] = resized
     scale = np.array([new_w / width, new_h / height], dtype=np.float32)
     # A model exported with a fixed batch above 1 gets the image in every slot.
     batch = max(int(metadata["input"]["shape"][0]), 1)
-    return np.repeat(padded.transpose(2, 0, 1)[None], batch, axis=0), scale
+    if metadata["input"].get("dtype") == "uint8":  # exported with --input u8-nhwc
+        return np.repeat(padded[None], batch, axis=0), scale
+    return np.repeat(padded.transpose(2, 0, 1)[None].astype(np.float32), batch, axis=0), scale
 
 
 def to_original(

@@ -20,6 +20,9 @@ FAST_INIT = [
 
 # Small enough for a few CPU iterations in seconds, big enough for every class to appear.
 TINY_SPEC_KW = dict(image_size=96, train_images=24, val_images=8, max_object_size=40)
+# The tiny model on more images, trained until it finds the shapes (`detecting_fp32`).
+DETECTING_SPEC_KW = dict(image_size=96, train_images=64, val_images=24, max_object_size=40)
+DETECTING_ITERS = 300
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +100,93 @@ def tiny_fp32_export(tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory) 
     )  # fmt: skip
     assert result.exit_code == 0, result.output[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def detecting_fp32(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny demo model that detects: 64 train / 24 val images of 96 px, 300 FP32 iterations
+    through the CLI (~100 s on 2 cores; bbox mAP ~0.1, about 4 detections per image score
+    >= 0.3). For tests whose comparisons mean nothing on near-zero scores. Its `--json` report
+    plus `workspace`. Shared: read only."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from detcompress.cli import app
+    from detcompress.demo.workspace import DemoSpec, demo_config_text, init_demo
+
+    base = tmp_path_factory.mktemp("detecting")
+    spec = DemoSpec(**DETECTING_SPEC_KW)
+    config = init_demo(base / "ws", seed=1, spec=spec)
+    config.write_text(
+        demo_config_text(max_iters=DETECTING_ITERS, batch_size=8, size=spec.image_size)
+    )
+    report = base / "fp32.json"
+    result = CliRunner().invoke(
+        app,
+        ["compress", str(config), "--work-dir", str(base / "fp32"), "--json", str(report)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    data: dict[str, Any] = json.loads(report.read_text())
+    assert data["bbox_mAP"] > 0.03, data  # it does detect
+    return {**data, "workspace": base / "ws"}
+
+
+def resized_dataset(source: Path, target: Path, size: tuple[int, int], count: int) -> Path:
+    """The first `count` validation images of the dataset in `source` (a workspace's `data/`) at
+    `size` (width, height) in `target`, with their annotations scaled."""
+    import json
+
+    import cv2
+
+    (target / "val").mkdir(parents=True)
+    (target / "annotations").mkdir()
+    ann = json.loads((source / "annotations" / "val.json").read_text())
+    images = ann["images"][:count]
+    keep = {image["id"] for image in images}
+    for image in images:
+        pixels = cv2.imread(str(source / "val" / image["file_name"]))
+        sx, sy = size[0] / image["width"], size[1] / image["height"]
+        cv2.imwrite(str(target / "val" / image["file_name"]), cv2.resize(pixels, size))
+        for box in (a for a in ann["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = box["bbox"]
+            box["bbox"] = [x * sx, y * sy, w * sx, h * sy]
+            box["area"] = w * sx * h * sy
+        image["width"], image["height"] = size
+    ann["images"] = images
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+    (target / "annotations" / "val.json").write_text(json.dumps(ann))
+    return target
+
+
+def eval_predictions(model: Path, data: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """`detcompress eval MODEL` on the dataset in `data` (a workspace's `data/` layout): its
+    predictions per image file name, {label (index into the export's classes), score, box
+    [x1, y1, x2, y2] in the image}."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from detcompress.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(model), "--cfg-options", f"test_dataloader.dataset.data_root={data}/",
+         f"test_evaluator.ann_file={data}/annotations/val.json",
+         f"test_evaluator.outfile_prefix={out}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    ann = json.loads((data / "annotations" / "val.json").read_text())
+    names = {image["id"]: image["file_name"] for image in ann["images"]}
+    classes = json.loads(model.with_name("model.json").read_text())["classes"]
+    label_of = {c["id"]: classes.index(c["name"]) for c in ann["categories"]}
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in names.values()}
+    for p in json.loads(Path(f"{out}.bbox.json").read_text()):
+        x, y, w, h = p["bbox"]
+        found[names[p["image_id"]]].append(
+            {"label": label_of[p["category_id"]], "score": p["score"], "box": [x, y, x + w, y + h]}
+        )
+    return found
 
 
 def file_digests(*paths: Path) -> dict[str, str]:

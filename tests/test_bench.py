@@ -283,3 +283,23 @@ def test_layers_profile_shows_int8_convolutions(models: dict[str, Path], tmp_pat
     assert "slowest layers" in result.output and "Convolution" in result.output
     refused = runner.invoke(app, ["bench", str(models["fp32_onnx"]), "--layers", "3"])
     assert refused.exit_code != 0 and "--layers" in refused.output
+
+
+def test_dynamic_batch_export_has_no_model_api_outputs(models: dict[str, Path]) -> None:
+    """OpenVINO's Model API feeds one image to a static input: an export with a dynamic batch
+    has neither its `boxes`/`labels` outputs nor its `model_info`, and model.json says so."""
+    import onnx
+    import openvino as ov
+
+    metadata = json.loads(models["dynamic_xml"].with_name("model.json").read_text())
+    assert metadata["model_api"] is None
+    assert [o["name"] for o in metadata["outputs"]] == ["detections"]
+    ir = ov.Core().read_model(str(models["dynamic_xml"]))
+    assert [o.get_any_name() for o in ir.outputs] == ["detections"]
+    assert not ir.has_rt_info(["model_info", "model_type"])
+    graph = onnx.load(str(models["fp32_onnx"]))
+    assert [o.name for o in graph.graph.output] == ["detections"]
+    assert not [p.key for p in graph.metadata_props if p.key.startswith("model_info")]
+    static = ov.Core().read_model(str(models["fp32_xml"]))  # batch 1: Model API's outputs too
+    assert [o.get_any_name() for o in static.outputs] == ["detections", "boxes", "labels"]
+    assert static.get_rt_info(["model_info", "model_type"]).astype(str) == "ssd"

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from detcompress.deploy import DECODED_OUTPUTS
+
 pytestmark = pytest.mark.slow
 
 SIZE = 128
@@ -118,16 +120,18 @@ def test_graph_detections_match_mmdet(kind: str, fmt: str, tmp_path: Path) -> No
     with torch.no_grad():
         if fmt == "openvino":
             model = openvino_backend.append_nms(
-                openvino_backend.convert(graph, example, batch, ["boxes", "scores"]), params
+                openvino_backend.convert(graph, example, batch, DECODED_OUTPUTS),
+                params,
+                model_api_outputs=False,
             )
             xml = tmp_path / "m.xml"
-            openvino_backend.save(model, xml, {}, fp16_weights=False)
+            openvino_backend.save(model, xml, {}, fp16_weights=False, model_info=None)
             compiled = openvino_backend.compile_model(xml, f32=True)
             detections = openvino_backend.infer(compiled, example.numpy())[0]
         else:
             path = tmp_path / "m.onnx"
-            onnx_backend.export(graph, example, path, ["boxes", "scores"], dynamic_batch=False)
-            onnx_backend.append_nms(path, params)
+            onnx_backend.export(graph, example, path, DECODED_OUTPUTS, dynamic_batch=False)
+            onnx_backend.append_nms(path, params, model_api_outputs=False)
             detections = onnx_backend.infer(onnx_backend.session(path), example.numpy())[0]
     expected = _mmdet_detections(head, outs, params.max_per_image)
     for index, theirs in enumerate(expected):

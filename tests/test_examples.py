@@ -9,67 +9,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from detcompress.cli import app
+from conftest import eval_predictions, resized_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Not the model's square input: keep-ratio resize to 96 x 70, then padding below.
 SIZE = (150, 110)  # width, height
 IMAGES = 3
 
-runner = CliRunner()
-
 
 @pytest.fixture(scope="module")
 def resized_val(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first validation images of the tiny demo at SIZE, with their annotations scaled."""
-    root = tmp_path_factory.mktemp("resized") / "data"
-    (root / "val").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    ann = json.loads((tiny_workspace / "data" / "annotations" / "val.json").read_text())
-    images = ann["images"][:IMAGES]
-    keep = {image["id"] for image in images}
-    for image in images:
-        pixels = cv2.imread(str(tiny_workspace / "data" / "val" / image["file_name"]))
-        sx, sy = SIZE[0] / image["width"], SIZE[1] / image["height"]
-        cv2.imwrite(str(root / "val" / image["file_name"]), cv2.resize(pixels, SIZE))
-        for box in (a for a in ann["annotations"] if a["image_id"] == image["id"]):
-            x, y, w, h = box["bbox"]
-            box["bbox"] = [x * sx, y * sy, w * sx, h * sy]
-            box["area"] = w * sx * h * sy
-        image["width"], image["height"] = SIZE
-    ann["images"] = images
-    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
-    (root / "annotations" / "val.json").write_text(json.dumps(ann))
-    return root
-
-
-def _eval_predictions(model: Path, data: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """`eval`'s predictions on `data`, per image file name, as the examples write them."""
-    result = runner.invoke(
-        app,
-        ["eval", str(model), "--cfg-options", f"test_dataloader.dataset.data_root={data}/",
-         f"test_evaluator.ann_file={data}/annotations/val.json",
-         f"test_evaluator.outfile_prefix={out}"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
-    ann = json.loads((data / "annotations" / "val.json").read_text())
-    names = {image["id"]: image["file_name"] for image in ann["images"]}
-    classes = json.loads(model.with_name("model.json").read_text())["classes"]
-    label_of = {c["id"]: classes.index(c["name"]) for c in ann["categories"]}
-    found: dict[str, list[dict[str, Any]]] = {name: [] for name in names.values()}
-    for p in json.loads(Path(f"{out}.bbox.json").read_text()):
-        x, y, w, h = p["bbox"]
-        found[names[p["image_id"]]].append(
-            {"label": label_of[p["category_id"]], "score": p["score"], "box": [x, y, x + w, y + h]}
-        )
-    return found
+    target = tmp_path_factory.mktemp("resized") / "data"
+    return resized_dataset(tiny_workspace / "data", target, SIZE, IMAGES)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +37,7 @@ def test_example_gives_evals_detections(
     script: str, model_file: str, tiny_fp32_export: Path, resized_val: Path, tmp_path: Path
 ) -> None:
     model = tiny_fp32_export / model_file
-    expected = _eval_predictions(model, resized_val, tmp_path / "eval")
+    expected = eval_predictions(model, resized_val, tmp_path / "eval")
     compared = 0
     for name, wanted in expected.items():
         out = tmp_path / f"{name}.json"

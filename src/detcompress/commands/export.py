@@ -46,6 +46,15 @@ def export(
     verify_images: Annotated[
         int, typer.Option(min=1, help="Validation images to verify the exported model on.")
     ] = 4,
+    input_format: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            metavar="f32-nchw|u8-nhwc",
+            help="What the model's input takes: float32 NCHW (default), or uint8 NHWC frames "
+            "as decoded (BGR), converted inside the graph.",
+        ),
+    ] = "f32-nchw",
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output folder.")
     ] = False,
@@ -69,5 +78,6 @@ def export(
         config=config,
         trust_checkpoint=trust_checkpoint,
         verify_images=verify_images,
+        input_format=input_format,
     )
     print_result(result.summary(), json_path, result.to_json())

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from detcompress import console
-from detcompress.deploy import DETECTION_COLUMNS, DETECTIONS_OUTPUT, INPUT_NAME
+from detcompress.deploy import (
+    DECODED_OUTPUTS,
+    DETECTION_COLUMNS,
+    DETECTIONS_OUTPUT,
+    INPUT_FORMATS,
+    INPUT_NAME,
+    MODEL_API_OUTPUTS,
+)
 from detcompress.deploy.graph import (
     DeployableDetector,
     NMSParams,
@@ -116,11 +123,14 @@ def export(
     config: Path | None = None,
     trust_checkpoint: bool = False,
     verify_images: int = 4,
+    input_format: str = "f32-nchw",
 ) -> ExportResult:
     """`checkpoint` exported to each of `to`'s formats, verified, in `out` (atomically)."""
     # Long on purpose: the export steps in order (load, graph, reference, then write and
     # verify each format).
     formats = formats_of(to)
+    if input_format not in INPUT_FORMATS:
+        raise DetcompressError(f"--input is '{input_format}'; valid: {', '.join(INPUT_FORMATS)}")
     out_dir = _checked_output(checkpoint, out, batch, dynamic_batch, force)
 
     loaded = load_detector(checkpoint, config, trust_checkpoint)
@@ -140,9 +150,16 @@ def export(
     detector.eval()
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
     params = graph.nms
-    output_names = ["boxes", "scores"] if postprocessing else graph.raw_output_names
+    output_names = DECODED_OUTPUTS if postprocessing else graph.raw_output_names
     precision = loaded.precision
-    metadata = _metadata(loaded, prep, graph, params, precision, batch, dynamic_batch, formats)
+    # Model API feeds one image at a time into a model of static size.
+    model_info = (
+        model_api_info(prep, params, loaded.classes)
+        if params is not None and batch == 1 and not dynamic_batch
+        else None
+    )
+    model_input = _input_description(input_format, prep, -1 if dynamic_batch else batch)
+    metadata = _metadata(loaded, prep, graph, params, precision, formats, model_info, model_input)
 
     files: dict[str, Path] = {}
     verification: dict[str, dict[str, Any]] = {}
@@ -156,6 +173,8 @@ def export(
         metadata,
         None if dynamic_batch else batch,
         fp16_weights,
+        model_info,
+        input_format,
     )
     network: tuple[_GraphToWrite, Any] | None = None  # raw outputs, when detections are few
     with atomic_dir(out_dir, replace=force) as tmp:
@@ -185,9 +204,9 @@ def _metadata(
     graph: DeployableDetector,
     params: NMSParams | None,
     precision: str,
-    batch: int,
-    dynamic_batch: bool,
     formats: list[str],
+    model_info: dict[str, str] | None,
+    model_input: dict[str, Any],
 ) -> dict[str, Any]:
     from detcompress.train.runner import package_versions
 
@@ -201,6 +220,21 @@ def _metadata(
                 "image then score",
             }
         ]
+        if model_info is not None:
+            outputs += [
+                {
+                    "name": MODEL_API_OUTPUTS[0],
+                    "shape": [1, -1, 5],
+                    "columns": ["x1", "y1", "x2", "y2", "score"],
+                    "meaning": "the detections' boxes and scores, as OpenVINO's Model API reads "
+                    "them",
+                },
+                {
+                    "name": MODEL_API_OUTPUTS[1],
+                    "shape": [1, -1],
+                    "meaning": "the detections' labels (int64), as OpenVINO's Model API reads them",
+                },
+            ]
     else:
         outputs = [
             {
@@ -216,15 +250,7 @@ def _metadata(
         "task": "detection",
         "precision": precision,
         "classes": loaded.classes,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": [-1 if dynamic_batch else batch, 3, prep.height, prep.width],
-            "layout": "NCHW",
-            "dtype": "float32",
-            "channel_order": "BGR",
-            "value_range": [0, 255],
-            "inside_model": ["bgr_to_rgb"] * prep.bgr_to_rgb + ["(x - mean) / std"],
-        },
+        "input": model_input,
         "preprocessing": prep.to_json(),
         "postprocessing": params is not None,
         "nms": params.to_json() if params is not None else None,
@@ -232,10 +258,55 @@ def _metadata(
         "outputs": outputs,
         "output_groups": {"names": graph.groups, "levels": graph.group_sizes},
         "files": {fmt: FORMATS[fmt] for fmt in formats},
+        "model_api": model_info,
         "nncf_config": loaded.meta.get("nncf_config") or {},
         "config_text": loaded.cfg.pretty_text,
         "source_checkpoint": {"path": str(loaded.path), "sha256": sha256_of(loaded.path)},
         "versions": package_versions("nncf", "openvino", "onnx", "onnxruntime"),
+    }
+
+
+def _input_description(input_format: str, prep: Preprocessing, batch: int) -> dict[str, Any]:
+    """model.json's `input` (batch -1: dynamic)."""
+    inside = ["bgr_to_rgb"] * prep.bgr_to_rgb + ["(x - mean) / std"]
+    description = {
+        "name": INPUT_NAME,
+        "format": input_format,
+        "shape": [batch, 3, prep.height, prep.width],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channel_order": "BGR",
+        "value_range": [0, 255],
+        "inside_model": inside,
+    }
+    if input_format == "u8-nhwc":
+        description.update(
+            shape=[batch, prep.height, prep.width, 3],
+            layout="NHWC",
+            dtype="uint8",
+            inside_model=["uint8 -> float32", "NHWC -> NCHW", *inside],
+        )
+    return description
+
+
+def model_api_info(prep: Preprocessing, params: NMSParams, classes: list[str]) -> dict[str, str]:
+    """OpenVINO Model API's `model_info` for an export with postprocessing: its SSD wrapper reads
+    the `boxes`/`labels` outputs, resizes a raw BGR image as mmdet's test pipeline does
+    (`fit_to_window`: keep the ratio, pad bottom-right; exact when the pipeline's Resize scale is
+    the input size, e.g. square), and leaves the channel flip and mean/std to the graph."""
+    return {
+        "model_type": "ssd",
+        # Model API splits the list on whitespace.
+        "labels": " ".join(name.replace(" ", "_") for name in classes),
+        "confidence_threshold": repr(params.score_threshold),
+        "iou_threshold": repr(params.iou_threshold),
+        "nms_execute": "False",  # NMS runs inside the graph
+        "resize_type": "fit_to_window" if prep.keep_ratio else "standard",
+        "interpolation_mode": "LINEAR",
+        "pad_value": str(round(prep.pad_value)),
+        "reverse_input_channels": "False",
+        "mean_values": "0 0 0",
+        "scale_values": "1 1 1",
     }
 
 
@@ -250,6 +321,8 @@ class _GraphToWrite:
     metadata: dict[str, Any]
     batch: int | None  # None: dynamic
     fp16_weights: bool
+    model_info: dict[str, str] | None  # Model API's outputs and rt_info entries, or none
+    input_format: str  # one of INPUT_FORMATS
 
 
 @torch.no_grad()
@@ -259,16 +332,20 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
 
         model = openvino_backend.convert(spec.graph, spec.example, spec.batch, spec.output_names)
         if spec.params is not None:
-            model = openvino_backend.append_nms(model, spec.params)
-        openvino_backend.save(model, path, spec.metadata, spec.fp16_weights)
+            model = openvino_backend.append_nms(model, spec.params, spec.model_info is not None)
+        if spec.input_format == "u8-nhwc":
+            model = openvino_backend.with_u8_nhwc_input(model)
+        openvino_backend.save(model, path, spec.metadata, spec.fp16_weights, spec.model_info)
         return
     from detcompress.deploy import onnx_backend
 
     dynamic_batch = spec.batch is None
     onnx_backend.export(spec.graph, spec.example, path, spec.output_names, dynamic_batch)
     if spec.params is not None:
-        onnx_backend.append_nms(path, spec.params)
-    onnx_backend.set_metadata(path, spec.metadata)
+        onnx_backend.append_nms(path, spec.params, spec.model_info is not None)
+    if spec.input_format == "u8-nhwc":
+        onnx_backend.with_u8_nhwc_input(path)
+    onnx_backend.set_metadata(path, spec.metadata, spec.model_info)
 
 
 def _network_reference(spec: _GraphToWrite, images: torch.Tensor) -> tuple[_GraphToWrite, Any]:
@@ -278,7 +355,12 @@ def _network_reference(spec: _GraphToWrite, images: torch.Tensor) -> tuple[_Grap
     raw_graph = DeployableDetector(spec.graph.detector, spec.graph.prep, decode_boxes=False)
     raw_graph.eval()
     raw_spec = dataclasses.replace(
-        spec, graph=raw_graph, output_names=raw_graph.raw_output_names, params=None, metadata={}
+        spec,
+        graph=raw_graph,
+        output_names=raw_graph.raw_output_names,
+        params=None,
+        metadata={},
+        model_info=None,
     )
     return raw_spec, pytorch_reference(raw_graph, raw_graph.detector, raw_graph.prep, images, 0.0)
 

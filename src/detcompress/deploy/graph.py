@@ -12,6 +12,7 @@ import inspect
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -393,6 +394,12 @@ def normalize(prep: Preprocessing, images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
     std = torch.tensor(prep.std).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+def as_u8_nhwc(images: np.ndarray) -> np.ndarray:
+    """float [N, 3, H, W] images holding whole 0..255 values (the test pipeline's, padded) ->
+    the uint8 [N, H, W, 3] that an export with `--input u8-nhwc` takes."""
+    return np.ascontiguousarray(np.rint(images).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 def pad_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.Tensor:

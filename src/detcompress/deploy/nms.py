@@ -24,7 +24,7 @@ Tensor = Any  # a backend's handle of a graph value (an ONNX value name, an Open
 class GraphOps(Protocol):
     """The graph operations the NMS subgraph is built from. Integer tensors are int64."""
 
-    def i64(self, value: int) -> Tensor: ...
+    def i64(self, value: int | list[int]) -> Tensor: ...
     def f32(self, value: float) -> Tensor: ...
     def non_max_suppression(
         self, boxes: Tensor, scores: Tensor, per_class: int, iou: float, score_thr: float
@@ -87,6 +87,15 @@ def detections(g: GraphOps, boxes: Tensor, scores: Tensor, params: NMSParams) ->
         ],
         1,
     )
+
+
+def model_api_outputs(g: GraphOps, detections: Tensor) -> tuple[Tensor, Tensor]:
+    """detections [K, 7] of a one-image batch -> boxes [1, K, 5] (x1, y1, x2, y2, score) and
+    labels [1, K]: what openvino-model-api's SSD wrapper reads ("boxes-labels" outputs, the
+    layout of OpenVINO's training extensions' detectors)."""
+    boxes = g.gather(detections, g.i64([3, 4, 5, 6, 2]), 1)
+    labels = g.to_int(g.gather(detections, g.i64(1), 1))
+    return g.unsqueeze(boxes, 0), g.unsqueeze(labels, 0)
 
 
 def _first_per_image(

@@ -14,8 +14,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, nms
-from detcompress.deploy.graph import NMSParams
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, MODEL_API_OUTPUTS, nms
+from detcompress.deploy.graph import NMSParams, as_u8_nhwc
 
 METADATA_KEY = "detcompress"
 OPSET = 17
@@ -61,7 +61,7 @@ class _OnnxGraph:
         array = np.asarray(value, dtype=dtype)
         return self._node("Constant", [], value=onnx.numpy_helper.from_array(array))
 
-    def i64(self, value: int) -> str:
+    def i64(self, value: int | list[int]) -> str:
         return self._const(value, np.int64)
 
     def f32(self, value: float) -> str:
@@ -134,29 +134,67 @@ class _OnnxGraph:
         return self._node("Compress", [data, keep], axis=0)
 
 
-def append_nms(path: Path, params: NMSParams) -> None:
-    """Graph outputs boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`)."""
+def append_nms(path: Path, params: NMSParams, model_api_outputs: bool) -> None:
+    """Graph outputs boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`),
+    and with `model_api_outputs` also Model API's boxes [1, K, 5] and labels [1, K]."""
     model = onnx.load(str(path))
     graph = model.graph
     boxes, scores = graph.output[0].name, graph.output[1].name
     builder = _OnnxGraph()
-    result = nms.detections(builder, boxes, scores, params)
-    assert builder.nodes[-1].output[0] == result  # the final Concat: give it the output's name
-    builder.nodes[-1].output[0] = DETECTIONS_OUTPUT
+    detections = nms.detections(builder, boxes, scores, params)
+    Shape = list[str | int]
+    outputs: list[tuple[str, str, int, Shape]] = [
+        (DETECTIONS_OUTPUT, detections, TensorProto.FLOAT, ["K", 7])
+    ]
+    if model_api_outputs:
+        api_boxes, api_labels = nms.model_api_outputs(builder, detections)
+        outputs += [
+            (MODEL_API_OUTPUTS[0], api_boxes, TensorProto.FLOAT, [1, "K", 5]),
+            (MODEL_API_OUTPUTS[1], api_labels, TensorProto.INT64, [1, "K"]),
+        ]
     graph.node.extend(builder.nodes)
     del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info(DETECTIONS_OUTPUT, TensorProto.FLOAT, ["K", 7])
+    for name, value, dtype, shape in outputs:
+        graph.node.append(helper.make_node("Identity", [value], [name]))
+        graph.output.append(helper.make_tensor_value_info(name, dtype, shape))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def with_u8_nhwc_input(path: Path) -> None:
+    """The model taking uint8 NHWC images: a Cast to float and a Transpose to NCHW in front of
+    the graph, which keeps the input's name."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    old = graph.input[0]
+    n, c, h, w = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+    as_float, as_nchw = f"{INPUT_NAME}_f32", f"{INPUT_NAME}_nchw"
+    for node in graph.node:
+        node.input[:] = [as_nchw if name == INPUT_NAME else name for name in node.input]
+    front = [
+        helper.make_node("Cast", [INPUT_NAME], [as_float], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", [as_float], [as_nchw], perm=[0, 3, 1, 2]),
+    ]
+    for node in reversed(front):
+        graph.node.insert(0, node)
+    graph.input.remove(old)
+    graph.input.insert(
+        0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [n, h, w, c])
     )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
-def set_metadata(path: Path, metadata: dict[str, Any]) -> None:
+def set_metadata(path: Path, metadata: dict[str, Any], model_info: dict[str, str] | None) -> None:
+    """Our metadata, and Model API's `model_info` entries as it reads them from ONNX
+    (one property per entry, keyed "model_info NAME")."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    for name, value in (model_info or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"model_info {name}", value
     onnx.save(model, str(path))
 
 
@@ -200,5 +238,13 @@ def session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def takes_u8_nhwc(sess: Any) -> bool:
+    return bool(sess.get_inputs()[0].type == "tensor(uint8)")
+
+
 def infer(sess: Any, image: np.ndarray) -> list[np.ndarray]:
+    """Outputs for images in the model's input type, or float NCHW ones (converted for a model
+    that takes uint8 NHWC)."""
+    if takes_u8_nhwc(sess) and image.dtype != np.uint8:
+        image = as_u8_nhwc(image)
     return [np.asarray(o) for o in sess.run(None, {INPUT_NAME: image})]

@@ -15,8 +15,8 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, nms
-from detcompress.deploy.graph import NMSParams
+from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, MODEL_API_OUTPUTS, nms
+from detcompress.deploy.graph import NMSParams, as_u8_nhwc
 
 RT_INFO_KEY = ["detcompress", "metadata"]
 INT8_PRECISIONS = {"u8", "i8"}
@@ -48,7 +48,7 @@ def _i64(value: Any) -> Any:
 class _OpenVINOGraph:
     """`nms.GraphOps` as OpenVINO opset nodes."""
 
-    def i64(self, value: int) -> Any:
+    def i64(self, value: int | list[int]) -> Any:
         return _i64(value)
 
     def f32(self, value: float) -> Any:
@@ -120,17 +120,50 @@ class _OpenVINOGraph:
         return ops.gather(data, ops.squeeze(ops.non_zero(keep, "i64"), _i64([0])), _i64(0))
 
 
-def append_nms(model: ov.Model, params: NMSParams) -> ov.Model:
-    """Results boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`)."""
+def append_nms(model: ov.Model, params: NMSParams, model_api_outputs: bool) -> ov.Model:
+    """Results boxes [N, M, 4] + scores [N, C, M] -> detections [K, 7] (`nms.detections`), and
+    with `model_api_outputs` also Model API's boxes [1, K, 5] and labels [1, K]."""
+    graph = _OpenVINOGraph()
     boxes = model.get_results()[0].input_value(0)
     scores = model.get_results()[1].input_value(0)
-    result = ops.result(nms.detections(_OpenVINOGraph(), boxes, scores, params))
-    result.output(0).get_tensor().set_names({DETECTIONS_OUTPUT})
-    return ov.Model([result], model.get_parameters(), model.get_friendly_name())
+    detections = nms.detections(graph, boxes, scores, params)
+    outputs = {DETECTIONS_OUTPUT: detections}
+    if model_api_outputs:
+        api_outputs = nms.model_api_outputs(graph, detections)
+        outputs.update(zip(MODEL_API_OUTPUTS, api_outputs, strict=True))
+    results = []
+    for name, value in outputs.items():
+        result = ops.result(value)
+        result.output(0).get_tensor().set_names({name})
+        results.append(result)
+    return ov.Model(results, model.get_parameters(), model.get_friendly_name())
 
 
-def save(model: ov.Model, xml: Path, metadata: dict[str, Any], fp16_weights: bool) -> None:
+def with_u8_nhwc_input(model: ov.Model) -> ov.Model:
+    """The model taking uint8 NHWC images: OpenVINO's PrePostProcessor puts the conversion to
+    float and the transposition to NCHW in front of the graph (which then fuses them)."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    model = ppp.build()
+    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    return model
+
+
+def save(
+    model: ov.Model,
+    xml: Path,
+    metadata: dict[str, Any],
+    fp16_weights: bool,
+    model_info: dict[str, str] | None,
+) -> None:
+    """Writes the IR with our metadata and, where given, Model API's `model_info` entries."""
     model.set_rt_info(json.dumps(metadata), RT_INFO_KEY)
+    for name, value in (model_info or {}).items():
+        model.set_rt_info(value, ["model_info", name])
     ov.save_model(model, str(xml), compress_to_fp16=fp16_weights)
 
 
@@ -211,7 +244,15 @@ def inference_precision(compiled: Any) -> str:
     return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
 
+def takes_u8_nhwc(compiled_or_model: Any) -> bool:
+    return bool(compiled_or_model.inputs[0].get_element_type() == ov.Type.u8)
+
+
 def infer(compiled: Any, image: np.ndarray) -> list[np.ndarray]:
+    """Outputs for images in the model's input type, or float NCHW ones (converted for a model
+    that takes uint8 NHWC)."""
+    if takes_u8_nhwc(compiled) and image.dtype != np.uint8:
+        image = as_u8_nhwc(image)
     request = compiled.create_infer_request()
     result = request.infer({INPUT_NAME: image})
     return [np.asarray(result[output]) for output in compiled.outputs]

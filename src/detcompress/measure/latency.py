@@ -363,8 +363,11 @@ def _speedups(first: Measurement, result: Measurement) -> None:
         }
 
 
-def _random_image(shape: list[int]) -> np.ndarray:
-    return np.random.default_rng(0).uniform(0, 255, size=shape).astype(np.float32)
+def _random_image(shape: list[int], metadata: dict[str, Any] | None) -> np.ndarray:
+    """Random pixels in the model's input type (uint8 for an export with --input u8-nhwc)."""
+    pixels = np.random.default_rng(0).uniform(0, 255, size=shape)
+    takes_u8 = metadata is not None and metadata["input"].get("dtype") == "uint8"
+    return pixels.astype(np.uint8 if takes_u8 else np.float32)
 
 
 def _input_shape(
@@ -427,7 +430,7 @@ def _prepare_openvino(
     from detcompress.deploy import openvino_backend
 
     model, shape, metadata = _openvino_model_for(path, batch)
-    image = _random_image(shape)
+    image = _random_image(shape, metadata)
     result = Measurement(
         model=str(path),
         backend="openvino",
@@ -472,7 +475,7 @@ def _prepare_onnx(path: Path, mode: str, batch: int | None, threads: int | None)
     from detcompress.deploy import onnx_backend
 
     shape, metadata = _onnx_shape_for(path, batch)
-    image = _random_image(shape)
+    image = _random_image(shape, metadata)
     counts = onnx_backend.operation_counts(path)
     int8 = counts.get("QuantizeLinear", 0) + counts.get("QLinearConv", 0)
     result = Measurement(
@@ -531,7 +534,7 @@ def _prepare_pytorch(
     torch_device = "cuda" if device == "GPU" else "cpu"
     graph.to(torch_device)
     shape = [batch or 1, 3, prep.height, prep.width]
-    image = torch.from_numpy(_random_image(shape)).to(torch_device)
+    image = torch.from_numpy(_random_image(shape, None)).to(torch_device)
 
     def call() -> None:
         with torch.no_grad():
