@@ -28,6 +28,14 @@ def export(
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch", help="Leave the batch dimension dynamic.")
     ] = False,
+    dynamic_shape: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-shape",
+            help="Leave batch, height and width dynamic (--input-shape: the size verified "
+            "first; a second one is verified too).",
+        ),
+    ] = False,
     postprocessing: Annotated[
         bool | None,
         typer.Option(
@@ -79,5 +87,6 @@ def export(
         trust_checkpoint=trust_checkpoint,
         verify_images=verify_images,
         input_format=input_format,
+        dynamic_shape=dynamic_shape,
     )
     print_result(result.summary(), json_path, result.to_json())

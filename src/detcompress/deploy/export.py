@@ -4,6 +4,7 @@ appears."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +101,8 @@ def _checked_output(
         raise DetcompressError(f"--batch is {batch}; it must be at least 1")
     if dynamic_batch and batch != 1:
         raise DetcompressError(
-            f"--batch {batch} with --dynamic-batch: a dynamic batch has no fixed size; give one "
-            "of the two"
+            f"--batch {batch} with --dynamic-batch or --dynamic-shape: a dynamic batch has no "
+            "fixed size; give one of the two"
         )
     out_dir = out or default_out_dir(checkpoint)
     check_output_dir(out_dir, "--out")
@@ -124,6 +125,7 @@ def export(
     trust_checkpoint: bool = False,
     verify_images: int = 4,
     input_format: str = "f32-nchw",
+    dynamic_shape: bool = False,
 ) -> ExportResult:
     """`checkpoint` exported to each of `to`'s formats, verified, in `out` (atomically)."""
     # Long on purpose: the export steps in order (load, graph, reference, then write and
@@ -131,6 +133,7 @@ def export(
     formats = formats_of(to)
     if input_format not in INPUT_FORMATS:
         raise DetcompressError(f"--input is '{input_format}'; valid: {', '.join(INPUT_FORMATS)}")
+    dynamic_batch = dynamic_batch or dynamic_shape  # a dynamic shape is dynamic in all three
     out_dir = _checked_output(checkpoint, out, batch, dynamic_batch, force)
 
     loaded = load_detector(checkpoint, config, trust_checkpoint)
@@ -158,13 +161,19 @@ def export(
         if params is not None and batch == 1 and not dynamic_batch
         else None
     )
-    model_input = _input_description(input_format, prep, -1 if dynamic_batch else batch)
+    model_input = _input_description(
+        input_format, prep, -1 if dynamic_batch else batch, dynamic_shape
+    )
     metadata = _metadata(loaded, prep, graph, params, precision, formats, model_info, model_input)
 
     files: dict[str, Path] = {}
     verification: dict[str, dict[str, Any]] = {}
     min_score = (params.score_threshold if params else 0.0) + DETECTION_SCORE_MARGIN
-    reference = pytorch_reference(graph, detector, prep, images, min_score)
+    # A dynamic shape is verified at the export size and at a second, non-square one.
+    sizes = [(prep, images)]
+    if dynamic_shape:
+        sizes.append(_second_size(prep, images))
+    references = [pytorch_reference(graph, detector, p, imgs, min_score) for p, imgs in sizes]
     spec = _GraphToWrite(
         graph,
         example,
@@ -175,18 +184,41 @@ def export(
         fp16_weights,
         model_info,
         input_format,
+        dynamic_shape,
     )
-    network: tuple[_GraphToWrite, Any] | None = None  # raw outputs, when detections are few
+    # Raw outputs per size, when detections are few (once for all formats).
+    networks: dict[int, tuple[_GraphToWrite, Any]] = {}
     with atomic_dir(out_dir, replace=force) as tmp:
         for fmt in formats:
             path = tmp / FORMATS[fmt]
             console.log.info(f"exporting {fmt}: {out_dir / path.name}")
             _write(fmt, spec, path)
-            check = verify_export(fmt, path, images, chunk, reference, precision, params, min_score)
-            if params is not None and check["detections_checked"] < MIN_DETECTIONS_COMPARED:
-                if network is None:  # once for all formats
-                    network = _network_reference(spec, images)
-                check = _verify_network_too(fmt, check, network, images, chunk, precision)
+            checks = []
+            for index, ((_, size_images), reference) in enumerate(
+                zip(sizes, references, strict=True)
+            ):
+                check = verify_export(
+                    fmt, path, size_images, chunk, reference, precision, params, min_score
+                )
+                if params is not None and check["detections_checked"] < MIN_DETECTIONS_COMPARED:
+                    if index not in networks:
+                        networks[index] = _network_reference(spec, size_images)
+                    check = _verify_network_too(
+                        fmt, check, networks[index], size_images, chunk, precision
+                    )
+                checks.append(check)
+            check = checks[0]
+            if dynamic_shape:
+                second_prep, second = sizes[1][0], checks[1]
+                size_name = f"{second_prep.height}x{second_prep.width}"
+                check = {
+                    **check,
+                    "second_size": {
+                        "input_shape": [second_prep.height, second_prep.width],
+                        **{k: v for k, v in second.items() if k != "summary"},
+                    },
+                    "summary": f"{check['summary']}; at {size_name}: {second['summary']}",
+                }
             verification[fmt] = check
             console.log.info(f"verified {fmt}: {verification[fmt]['summary']}")
             files[fmt] = out_dir / path.name
@@ -266,13 +298,28 @@ def _metadata(
     }
 
 
-def _input_description(input_format: str, prep: Preprocessing, batch: int) -> dict[str, Any]:
-    """model.json's `input` (batch -1: dynamic)."""
+def _second_size(prep: Preprocessing, images: torch.Tensor) -> tuple[Preprocessing, torch.Tensor]:
+    """A second input size for verifying a dynamic-shape export, taller and narrower than the
+    export size (multiples of the size divisor), and the images padded or cropped to it."""
+    divisor = prep.size_divisor
+    height = -(-prep.height * 3 // 2 // divisor) * divisor
+    width = max(divisor, prep.width * 3 // 4 // divisor * divisor)
+    second = dataclasses.replace(prep, height=height, width=width)
+    canvas = torch.full((len(images), 3, height, width), prep.pad_value)
+    canvas[:, :, : prep.height, :width] = images[:, :, :, :width]
+    return second, canvas
+
+
+def _input_description(
+    input_format: str, prep: Preprocessing, batch: int, dynamic_shape: bool
+) -> dict[str, Any]:
+    """model.json's `input` (-1: a dynamic dimension)."""
     inside = ["bgr_to_rgb"] * prep.bgr_to_rgb + ["(x - mean) / std"]
+    height, width = (-1, -1) if dynamic_shape else (prep.height, prep.width)
     description = {
         "name": INPUT_NAME,
         "format": input_format,
-        "shape": [batch, 3, prep.height, prep.width],
+        "shape": [batch, 3, height, width],
         "layout": "NCHW",
         "dtype": "float32",
         "channel_order": "BGR",
@@ -281,7 +328,7 @@ def _input_description(input_format: str, prep: Preprocessing, batch: int) -> di
     }
     if input_format == "u8-nhwc":
         description.update(
-            shape=[batch, prep.height, prep.width, 3],
+            shape=[batch, height, width, 3],
             layout="NHWC",
             dtype="uint8",
             inside_model=["uint8 -> float32", "NHWC -> NCHW", *inside],
@@ -323,6 +370,7 @@ class _GraphToWrite:
     fp16_weights: bool
     model_info: dict[str, str] | None  # Model API's outputs and rt_info entries, or none
     input_format: str  # one of INPUT_FORMATS
+    dynamic_size: bool  # height and width dynamic (the batch too)
 
 
 @torch.no_grad()
@@ -330,7 +378,9 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
     if fmt == "openvino":
         from detcompress.deploy import openvino_backend
 
-        model = openvino_backend.convert(spec.graph, spec.example, spec.batch, spec.output_names)
+        model = openvino_backend.convert(
+            spec.graph, spec.example, spec.batch, spec.output_names, spec.dynamic_size
+        )
         if spec.params is not None:
             model = openvino_backend.append_nms(model, spec.params, spec.model_info is not None)
         if spec.input_format == "u8-nhwc":
@@ -340,7 +390,9 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
     from detcompress.deploy import onnx_backend
 
     dynamic_batch = spec.batch is None
-    onnx_backend.export(spec.graph, spec.example, path, spec.output_names, dynamic_batch)
+    onnx_backend.export(
+        spec.graph, spec.example, path, spec.output_names, dynamic_batch, spec.dynamic_size
+    )
     if spec.params is not None:
         onnx_backend.append_nms(path, spec.params, spec.model_info is not None)
     if spec.input_format == "u8-nhwc":
@@ -350,8 +402,6 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
 
 def _network_reference(spec: _GraphToWrite, images: torch.Tensor) -> tuple[_GraphToWrite, Any]:
     """The same network without postprocessing, and PyTorch's raw outputs of it."""
-    import dataclasses
-
     raw_graph = DeployableDetector(spec.graph.detector, spec.graph.prep, decode_boxes=False)
     raw_graph.eval()
     raw_spec = dataclasses.replace(

@@ -168,15 +168,12 @@ class _YOLOXDecoder(nn.Module):
     """YOLOXHead.predict_by_feat before NMS, in traceable torch: boxes [N, M, 4] and
     scores [N, C, M] where only each box's best class keeps its score."""
 
-    priors: torch.Tensor
-
-    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]]) -> None:
+    def __init__(self, head: Any) -> None:
         super().__init__()
-        priors = head.prior_generator.grid_priors(featmap_sizes, device="cpu", with_stride=True)
-        self.register_buffer("priors", torch.cat(priors), persistent=False)
+        self.prior_generator = head.prior_generator
         self.num_classes = head.cls_out_channels
 
-    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, outs: Any, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls_scores, bbox_preds, objectnesses = outs
         n = cls_scores[0].shape[0]
         cls = torch.cat(
@@ -184,7 +181,7 @@ class _YOLOXDecoder(nn.Module):
         ).sigmoid()
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
         obj = torch.cat([o.permute(0, 2, 3, 1).reshape(n, -1) for o in objectnesses], 1).sigmoid()
-        priors = self.priors
+        priors = torch.cat(grid_priors(self.prior_generator, cls_scores, with_stride=True))
         xy = deltas[..., :2] * priors[:, 2:] + priors[:, :2]
         wh = deltas[..., 2:].exp() * priors[:, 2:]
         boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
@@ -204,13 +201,9 @@ class _DenseHeadDecoder(nn.Module):
     sigmoid(factor)` as mmdet does, with `score_thr` applied to the class score before the product
     (so here, not by the NMS operation: see `nms_params(score_threshold_applied=True)`)."""
 
-    priors: torch.Tensor
-
-    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]], height: int, width: int):
+    def __init__(self, head: Any):
         super().__init__()
-        priors = head.prior_generator.grid_priors(featmap_sizes, device="cpu")
-        self.register_buffer("priors", torch.cat(priors), persistent=False)
-        self.level_sizes = [len(p) for p in priors]
+        self.prior_generator = head.prior_generator
         self.head_coder: Any = head.bbox_coder
         self.cls_out = getattr(head, "cls_out_channels", head.num_classes)
         self.use_sigmoid = getattr(head, "use_sigmoid_cls", True)
@@ -218,46 +211,42 @@ class _DenseHeadDecoder(nn.Module):
         self.min_size = float(cfg.get("min_bbox_size", -1))
         self.nms_pre = int(cfg.get("nms_pre", -1))
         self.score_thr = float(cfg.get("score_thr", 0.0))
-        self.limits = (float(width), float(height))
 
-    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, outs: Any, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls_scores, bbox_preds = outs[0], outs[1]
         n = cls_scores[0].shape[0]
         scores = torch.cat([self._best(self._class_scores(c, n)) for c in cls_scores], 1)
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        priors = torch.cat(grid_priors(self.prior_generator, cls_scores))
         # max_shape=None: mmdet's clamp path imports a module removed in mmdet 3 under ONNX export
-        boxes = self.head_coder.decode(self.priors.expand(n, -1, -1), deltas, max_shape=None)
+        boxes = self.head_coder.decode(priors.expand(n, -1, -1), deltas, max_shape=None)
         factors = None
         if len(outs) > 2:  # score factors: one per prior
             factors = torch.cat(
                 [f.permute(0, 2, 3, 1).reshape(n, -1) for f in outs[2]], 1
             ).sigmoid()
-        return self._candidates(self._clipped(boxes), scores, factors)
+        return self._candidates(self._clipped(boxes, image), scores, factors)
 
     def _class_scores(self, cls_score: torch.Tensor, n: int) -> torch.Tensor:
         logits = cls_score.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out)
         return logits.sigmoid() if self.use_sigmoid else logits.softmax(-1)[..., :-1]
 
     def _best(self, scores: torch.Tensor) -> torch.Tensor:
-        """The `nms_pre` best (prior, class) pairs keep their scores, the others score 0."""
-        n = scores.shape[0]
-        pairs = scores.shape[1] * scores.shape[2]  # static: the input size is fixed
-        if 0 < self.nms_pre < pairs:
-            kth = scores.reshape(n, -1).topk(self.nms_pre, dim=1).values[:, -1:]
-            scores = scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
-        return scores
+        """The `nms_pre` best (prior, class) pairs keep their scores, the others score 0 (all
+        keep theirs when there are fewer pairs: the zeros appended make the k-th best 0 then,
+        whatever the input size)."""
+        if self.nms_pre <= 0:
+            return scores
+        flat = scores.reshape(scores.shape[0], -1)
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], self.nms_pre)], 1)
+        kth = padded.topk(self.nms_pre, dim=1).values[:, -1:]
+        return scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
 
-    def _clipped(self, boxes: torch.Tensor) -> torch.Tensor:
-        w, h = self.limits
-        return torch.stack(
-            [
-                boxes[..., 0].clamp(0, w),
-                boxes[..., 1].clamp(0, h),
-                boxes[..., 2].clamp(0, w),
-                boxes[..., 3].clamp(0, h),
-            ],
-            -1,
-        )
+    def _clipped(self, boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Boxes clipped to the input image (its size read in the graph: any input size)."""
+        size = torch._shape_as_tensor(image)[2:].to(boxes.dtype)  # h, w
+        limits = torch.stack([size[1], size[0], size[1], size[0]])
+        return torch.minimum(boxes.clamp(min=0), limits)
 
     def _candidates(
         self, boxes: torch.Tensor, scores: torch.Tensor, factors: torch.Tensor | None
@@ -281,26 +270,27 @@ class _YOLOV3Decoder(_DenseHeadDecoder):
     `conf_thr` and class score > `score_thr`; the best `nms_pre` over all levels together keep
     their score, multiplied by the objectness. mmdet does not clip YOLOv3's boxes."""
 
-    strides: torch.Tensor
-
-    def __init__(self, head: Any, featmap_sizes: list[tuple[int, int]], height: int, width: int):
-        super().__init__(head, featmap_sizes, height, width)
-        strides = [
-            torch.full((size,), float(stride[0] if isinstance(stride, tuple) else stride))
-            for size, stride in zip(self.level_sizes, head.featmap_strides, strict=True)
+    def __init__(self, head: Any):
+        super().__init__(head)
+        self.level_strides = [
+            float(stride[0] if isinstance(stride, tuple) else stride)
+            for stride in head.featmap_strides
         ]
-        self.register_buffer("strides", torch.cat(strides).unsqueeze(-1), persistent=False)
         self.attributes = head.num_attrib
         self.conf_thr = float((head.test_cfg or {}).get("conf_thr", -1))
 
-    def forward(self, outs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, outs: Any, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (pred_maps,) = outs
         n = pred_maps[0].shape[0]
         preds = torch.cat(
             [p.permute(0, 2, 3, 1).reshape(n, -1, self.attributes) for p in pred_maps], 1
         )
         deltas = torch.cat([preds[..., :2].sigmoid(), preds[..., 2:4]], -1)
-        boxes = self.head_coder.decode(self.priors, deltas, self.strides)
+        priors = grid_priors(self.prior_generator, pred_maps)
+        strides = torch.cat(
+            [torch.ones_like(p[:, :1]) * s for p, s in zip(priors, self.level_strides, strict=True)]
+        )
+        boxes = self.head_coder.decode(torch.cat(priors), deltas, strides)
         objectness = preds[..., 4].sigmoid()
         scores = preds[..., 5:].sigmoid()
         if self.conf_thr > 0:
@@ -335,8 +325,7 @@ class DeployableDetector(nn.Module):
         self.nms: NMSParams | None = None
         self.decoder: nn.Module | None = None
         if decode_boxes:
-            sizes = [tuple(t.shape[-2:]) for t in outs[0]]
-            self.decoder, self.nms = _decoder_for(head, sizes, prep, len(outs))
+            self.decoder, self.nms = _decoder_for(head, len(outs))
 
     @property
     def raw_output_names(self) -> list[str]:
@@ -349,22 +338,29 @@ class DeployableDetector(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = self.detector(normalize(self.prep, image), mode="tensor")
         if self.decoder is not None:
-            return tuple(self.decoder(outs))
+            return tuple(self.decoder(outs, image))
         return tuple(t for group in outs for t in group)
 
 
-def _decoder_for(
-    head: Any, sizes: list[tuple[int, int]], prep: Preprocessing, group_count: int
-) -> tuple[nn.Module, NMSParams]:
+def grid_priors(prior_generator: Any, feature_maps: list[torch.Tensor], **options: Any) -> Any:
+    """mmdet's priors (anchors or points) per level for these feature maps, computed from their
+    sizes inside the traced graph, so that an export with a dynamic input size decodes at any
+    size (a static one folds them into constants)."""
+    sizes = [f.shape[-2:] for f in feature_maps]
+    first = feature_maps[0]
+    return prior_generator.grid_priors(sizes, dtype=first.dtype, device=first.device, **options)
+
+
+def _decoder_for(head: Any, group_count: int) -> tuple[nn.Module, NMSParams]:
     """The head's decoding in torch and the NMS settings that complete it."""
     kind = type(head).__name__
     if kind == "YOLOXHead":
-        return _YOLOXDecoder(head, sizes), nms_params(head)
+        return _YOLOXDecoder(head), nms_params(head)
     if kind == "YOLOV3Head":
-        decoder: nn.Module = _YOLOV3Decoder(head, sizes, prep.height, prep.width)
+        decoder: nn.Module = _YOLOV3Decoder(head)
         return decoder, nms_params(head, score_threshold_applied=True)
     if _keeps_base_postprocessing(head):
-        decoder = _DenseHeadDecoder(head, sizes, prep.height, prep.width)
+        decoder = _DenseHeadDecoder(head)
         return decoder, nms_params(head, has_score_factors(head, group_count))
     raise DetcompressError(
         f"postprocessing inside the exported graph is not available for {kind} (available: "

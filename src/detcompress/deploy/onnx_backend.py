@@ -14,7 +14,13 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from detcompress.deploy import DETECTIONS_OUTPUT, INPUT_NAME, MODEL_API_OUTPUTS, nms
+from detcompress.deploy import (
+    DECODED_OUTPUTS,
+    DETECTIONS_OUTPUT,
+    INPUT_NAME,
+    MODEL_API_OUTPUTS,
+    nms,
+)
 from detcompress.deploy.graph import NMSParams, as_u8_nhwc
 
 METADATA_KEY = "detcompress"
@@ -27,10 +33,25 @@ def export(
     path: Path,
     output_names: list[str],
     dynamic_batch: bool,
+    dynamic_size: bool = False,
 ) -> None:
     """The legacy (TorchScript) exporter: the dynamo exporter fails on fake quantizers, and the
-    legacy one turns torch's fake quantizers into standard QuantizeLinear/DequantizeLinear."""
-    axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]} if dynamic_batch else None
+    legacy one turns torch's fake quantizers into standard QuantizeLinear/DequantizeLinear.
+    With `dynamic_size`, the height and width are dynamic too, and so is every output's size
+    but its channels (raw maps: height and width; decoded: the number of priors)."""
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic_batch:
+        axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+    if dynamic_size:
+        boxes, scores = DECODED_OUTPUTS
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        for name in output_names:
+            if name == boxes:  # [N, M, 4]
+                axes[name] = {0: "batch", 1: "priors"}
+            elif name == scores:  # [N, C, M]
+                axes[name] = {0: "batch", 2: "priors"}
+            else:  # a raw map [N, C, h, w]
+                axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about constant shapes are expected
         torch.onnx.export(

@@ -23,10 +23,16 @@ INT8_PRECISIONS = {"u8", "i8"}
 
 
 def convert(
-    module: torch.nn.Module, example: torch.Tensor, batch: int | None, output_names: list[str]
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    batch: int | None,
+    output_names: list[str],
+    dynamic_size: bool = False,
 ) -> ov.Model:
-    """torch module -> ov.Model with a static H, W and a static (or dynamic: None) batch."""
-    shape = [batch if batch is not None else -1, *example.shape[1:]]
+    """torch module -> ov.Model with a static (or dynamic: None) batch and a static (or, with
+    `dynamic_size`, dynamic) height and width."""
+    height, width = (-1, -1) if dynamic_size else example.shape[2:]
+    shape = [batch if batch is not None else -1, example.shape[1], height, width]
     model = ov.convert_model(module, example_input=example, input=[shape])
     model.inputs[0].get_tensor().set_names({INPUT_NAME})
     for output, name in zip(model.outputs, output_names, strict=True):

@@ -373,9 +373,15 @@ def _random_image(shape: list[int], metadata: dict[str, Any] | None) -> np.ndarr
 def _input_shape(
     metadata: dict[str, Any] | None, declared: list[int], batch: int | None, path: Path
 ) -> list[int]:
-    """[N, 3, H, W] to run: N from --batch (else the model's; 1 if dynamic), H, W the model's."""
+    """The input shape to run ([N, 3, H, W], or [N, H, W, 3] for a uint8 NHWC input): N from
+    --batch (else the model's; 1 if dynamic), H, W the model's, or for an export with a dynamic
+    shape the size it was exported at (the model stays dynamic: that is what is measured)."""
     if metadata is not None:
         declared = list(metadata["input"]["shape"])
+        prep = metadata.get("preprocessing") or {}
+        if any(d < 0 for d in declared[1:]) and prep.get("height") and prep.get("width"):
+            axes = (1, 2) if metadata["input"].get("layout") == "NHWC" else (2, 3)
+            declared[axes[0]], declared[axes[1]] = int(prep["height"]), int(prep["width"])
     if any(d < 0 for d in declared[1:]):
         raise DetcompressError(
             f"{path}: its input {declared} has a dynamic height or width; export it with a fixed "

@@ -1,7 +1,8 @@
-"""An export with postprocessing runs, as it is, in OpenVINO's Model API (`openvino-model-api`):
-`DetectionModel.create_model(path)` reads the `model_info` entries we write, `model(image)` on a
-raw BGR image gives the detections `detcompress eval` gives for that image.
+"""What deployments run the exports in: OpenVINO's Model API (`openvino-model-api`) as it is,
+uint8 NHWC frames (`--input u8-nhwc`) and any input size (`--dynamic-shape`).
 
+Model API: `DetectionModel.create_model(path)` reads the `model_info` entries we write,
+`model(image)` on a raw BGR image gives the detections `detcompress eval` gives for that image.
 On a model that detects (`detecting_fp32`): near-zero scores of an untrained model would reorder
 under any difference and make a comparison meaningless. Model API clips boxes to the image
 (mmdet does not for YOLOX, the demo's head) and rounds them to whole pixels, so eval's boxes are
@@ -47,12 +48,16 @@ def exports(detecting_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> d
     _invoke("export", base / "int8" / "ptq.pth", "--to", "openvino", "--out", base / "int8_ir")
     _invoke("export", detecting_fp32["checkpoint"], "--to", "all", "--out", base / "u8",
             "--input", "u8-nhwc", "--verify-images", "2")  # fmt: skip
+    _invoke("export", detecting_fp32["checkpoint"], "--to", "all", "--out", base / "dynamic",
+            "--dynamic-shape", "--verify-images", "2")  # fmt: skip
     return {
         "fp32.xml": base / "fp32" / "model.xml",
         "fp32.onnx": base / "fp32" / "model.onnx",
         "int8.xml": base / "int8_ir" / "model.xml",
         "u8-nhwc.xml": base / "u8" / "model.xml",
         "u8-nhwc.onnx": base / "u8" / "model.onnx",
+        "dynamic.xml": base / "dynamic" / "model.xml",
+        "dynamic.onnx": base / "dynamic" / "model.onnx",
     }
 
 
@@ -198,3 +203,42 @@ def test_u8_nhwc_input_gives_the_float_inputs_detections(
             "--json", report)  # fmt: skip
     results = json.loads(report.read_text())["results"]
     assert [r["input_shape"] for r in results] == [[1, 3, 96, 96], [1, 96, 96, 3]]
+
+
+@pytest.mark.parametrize("fmt", ["xml", "onnx"])
+def test_dynamic_shape_export_runs_at_any_size(
+    fmt: str, exports: dict[str, Path], datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """`export --dynamic-shape`: batch, height and width dynamic, postprocessing inside; at the
+    export size `eval` gives the static export's detections exactly, and export verified it at a
+    second, non-square size against PyTorch (detections one to one); bench runs it."""
+    dynamic, static = exports[f"dynamic.{fmt}"], exports[f"fp32.{fmt}"]
+    metadata = json.loads(dynamic.with_name("model.json").read_text())
+    assert metadata["input"]["shape"] == [-1, 3, -1, -1]
+    assert metadata["model_api"] is None  # Model API needs a static input
+    if fmt == "xml":
+        import openvino as ov
+
+        shape = ov.Core().read_model(str(dynamic)).inputs[0].get_partial_shape()
+        assert [d.is_dynamic for d in shape] == [True, False, True, True]
+    else:
+        import onnxruntime as ort
+
+        assert ort.InferenceSession(str(dynamic)).get_inputs()[0].shape == [
+            "batch",
+            3,
+            "height",
+            "width",
+        ]
+    check = metadata["verification"]["openvino" if fmt == "xml" else "onnx"]
+    second = check["second_size"]
+    assert second["input_shape"] == [160, 64]  # 96 x 1.5 and x 0.75, in multiples of 32
+    for verified in (check, second):
+        assert verified["passed"] and verified["detections_checked"] >= 20
+    data = datasets["other size"]
+    predictions = [eval_predictions(m, data, tmp_path / m.parent.name) for m in (dynamic, static)]
+    assert predictions[0] == predictions[1]
+    report = tmp_path / "bench.json"
+    _invoke("bench", dynamic, "--seconds", "0.2", "--rounds", "2", "--mode", "latency",
+            "--json", report)  # fmt: skip
+    assert json.loads(report.read_text())["results"][0]["input_shape"] == [1, 3, 96, 96]
