@@ -72,14 +72,20 @@ def preprocess(image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray,
         new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
     else:
         new_w, new_h = target_w, target_h
-    if new_w > prep["width"] or new_h > prep["height"]:
-        fail(
-            f"the image resizes to {new_w}x{new_h}, larger than the model's fixed input "
-            f"{prep['width']}x{prep['height']} (a portrait image for a landscape input); export "
-            "with a larger --input-shape"
-        )
+    pad_h, pad_w = prep["height"], prep["width"]  # the export size
+    if new_w > pad_w or new_h > pad_h:
+        if -1 not in metadata["input"]["shape"][1:]:
+            fail(
+                f"the image resizes to {new_w}x{new_h}, larger than the model's fixed input "
+                f"{pad_w}x{pad_h} (a portrait image for a landscape input); export with a larger "
+                "--input-shape or with --dynamic-shape"
+            )
+        # --dynamic-shape: any size that is a multiple of the size divisor
+        divisor = int(prep.get("size_divisor") or 1)
+        pad_h = max(pad_h, -(-new_h // divisor) * divisor)
+        pad_w = max(pad_w, -(-new_w // divisor) * divisor)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    padded = np.full((prep["height"], prep["width"], 3), prep["pad_value"], dtype=np.uint8)
+    padded = np.full((pad_h, pad_w, 3), prep["pad_value"], dtype=np.uint8)
     padded[:new_h, :new_w] = resized
     scale = np.array([new_w / width, new_h / height], dtype=np.float32)
     # A model exported with a fixed batch above 1 gets the image in every slot.

@@ -80,3 +80,24 @@ def test_example_refuses_an_unreadable_image_in_one_line(
         f"error: {not_an_image}: not an image opencv can read"
     ]
     assert not_an_image.read_text() == "not pixels"
+
+
+def test_example_pads_a_dynamic_shape_export_to_what_the_image_needs() -> None:
+    """A fixed input refuses an image that resizes beyond it; an export with --dynamic-shape
+    takes it, padded to a multiple of the size divisor (the export size at least)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from exported_model import preprocess  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    prep = {"height": 64, "width": 96, "resize_scale": [96, 64], "keep_ratio": True,
+            "pad_value": 0, "size_divisor": 32}  # fmt: skip
+    portrait = np.zeros((150, 60, 3), np.uint8)  # resizes to 38 x 96 (w x h): taller than 64
+    dynamic = {"preprocessing": prep, "input": {"shape": [-1, 3, -1, -1], "dtype": "float32"}}
+    blob, scale = preprocess(portrait, dynamic)
+    assert blob.shape == (1, 3, 96, 96) and blob.dtype == np.float32
+    np.testing.assert_allclose(scale, [38 / 60, 96 / 150], rtol=1e-6)
+    fixed = {"preprocessing": prep, "input": {"shape": [1, 3, 64, 96], "dtype": "float32"}}
+    with pytest.raises(SystemExit) as stopped:
+        preprocess(portrait, fixed)
+    assert stopped.value.code == 2
