@@ -159,10 +159,12 @@ def resized_dataset(source: Path, target: Path, size: tuple[int, int], count: in
     return target
 
 
-def eval_predictions(model: Path, data: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """`detcompress eval MODEL` on the dataset in `data` (a workspace's `data/` layout): its
-    predictions per image file name, {label (index into the export's classes), score, box
-    [x1, y1, x2, y2] in the image}."""
+def eval_predictions(
+    model: Path, data: Path, out: Path, *options: str
+) -> dict[str, list[dict[str, Any]]]:
+    """`detcompress eval MODEL [OPTIONS]` on the dataset in `data` (a workspace's `data/`
+    layout): its predictions per image file name, {label (index into the export's classes),
+    score, box [x1, y1, x2, y2] in the image}."""
     import json
 
     from typer.testing import CliRunner
@@ -171,7 +173,8 @@ def eval_predictions(model: Path, data: Path, out: Path) -> dict[str, list[dict[
 
     result = CliRunner().invoke(
         app,
-        ["eval", str(model), "--cfg-options", f"test_dataloader.dataset.data_root={data}/",
+        ["eval", str(model), *options, "--cfg-options",
+         f"test_dataloader.dataset.data_root={data}/",
          f"test_evaluator.ann_file={data}/annotations/val.json",
          f"test_evaluator.outfile_prefix={out}"],
     )  # fmt: skip

@@ -40,6 +40,32 @@ class _FixedHeadOutputs(nn.Module):
         return tuple([t + zero for t in group] for group in self.outs)
 
 
+class _SizedHeadOutputs(nn.Module):
+    """A 'detector' whose head outputs are cut from prescribed larger maps to the input's size
+    (each level: the input size over its stride, rounded up), for a dynamic-size export."""
+
+    def __init__(self, head: nn.Module, outs: list[list[torch.Tensor]]) -> None:
+        super().__init__()
+        self.bbox_head = head
+        self.outs = outs
+        self.strides = _strides(head)
+
+    def forward(self, x: torch.Tensor, mode: str = "tensor") -> Any:
+        zero = x.mean() * 0
+        height, width = x.shape[2], x.shape[3]
+        return tuple(
+            [
+                t[:, :, : (height + s - 1) // s, : (width + s - 1) // s] + zero
+                for t, s in zip(group, self.strides, strict=True)
+            ]
+            for group in self.outs
+        )
+
+
+def _strides(head: Any) -> list[int]:
+    return [s[0] if isinstance(s, tuple | list) else s for s in head.prior_generator.strides]
+
+
 def _head(base: str, tmp_path: Path) -> nn.Module:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -59,11 +85,13 @@ def _head(base: str, tmp_path: Path) -> nn.Module:
     return MODELS.build(head_cfg).eval()
 
 
-def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
-    """Per level, what the head's forward would return, with widely spread values."""
+def _random_outputs(
+    head: Any, batch: int, size: tuple[int, int] = (SIZE, SIZE)
+) -> list[list[torch.Tensor]]:
+    """Per level, what the head's forward would return for inputs of `size` (h, w), with widely
+    spread values."""
     generator = torch.Generator().manual_seed(0)
-    strides = [s[0] if isinstance(s, tuple | list) else s for s in head.prior_generator.strides]
-    sizes = [(max(1, SIZE // s),) * 2 for s in strides]
+    sizes = [(max(1, -(-size[0] // s)), max(1, -(-size[1] // s))) for s in _strides(head)]
     priors = getattr(head, "num_base_priors", 1)
     per_level = priors if isinstance(priors, list) else [priors] * len(sizes)
 
@@ -91,8 +119,10 @@ def _random_outputs(head: Any, batch: int) -> list[list[torch.Tensor]]:
     return groups
 
 
-def _mmdet_detections(head: Any, outs: list[list[torch.Tensor]], limit: int) -> list[np.ndarray]:
-    metas = [dict(img_shape=(SIZE, SIZE), scale_factor=(1.0, 1.0))] * outs[0][0].shape[0]
+def _mmdet_detections(
+    head: Any, outs: list[list[torch.Tensor]], limit: int, size: tuple[int, int] = (SIZE, SIZE)
+) -> list[np.ndarray]:
+    metas = [dict(img_shape=size, scale_factor=(1.0, 1.0))] * outs[0][0].shape[0]
     with torch.no_grad():
         results = head.predict_by_feat(*outs, batch_img_metas=metas, rescale=False)
     return [
@@ -133,7 +163,40 @@ def test_graph_detections_match_mmdet(kind: str, fmt: str, tmp_path: Path) -> No
             onnx_backend.export(graph, example, path, DECODED_OUTPUTS, dynamic_batch=False)
             onnx_backend.append_nms(path, params, model_api_outputs=False)
             detections = onnx_backend.infer(onnx_backend.session(path), example.numpy())[0]
-    expected = _mmdet_detections(head, outs, params.max_per_image)
+    _assert_matches_mmdet(detections, _mmdet_detections(head, outs, params.max_per_image), params)
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "fcos", "yolov3", "yolox"])
+def test_dynamic_size_graph_detections_match_mmdet_at_another_size(
+    kind: str, tmp_path: Path
+) -> None:
+    """Exported with a dynamic shape at SIZE x SIZE, run at a taller, narrower input: the priors
+    (anchors, points, YOLOv3's per-anchor strides), clipping and nms_pre follow the input."""
+    from detcompress.deploy import openvino_backend
+    from detcompress.deploy.graph import DeployableDetector, Preprocessing
+
+    head = _head(HEADS[kind], tmp_path)
+    batch, other = 2, (SIZE + 64, SIZE - 32)
+    outs = _random_outputs(head, batch, (SIZE + 64, SIZE))  # cut to each input's size
+    prep = Preprocessing(SIZE, SIZE, [0.0] * 3, [1.0] * 3, False, 0.0, 1, None, False)
+    graph = DeployableDetector(_SizedHeadOutputs(head, outs), prep, decode_boxes=True).eval()
+    params = graph.nms
+    assert params is not None
+    example, image = torch.zeros(batch, 3, SIZE, SIZE), torch.zeros(batch, 3, *other)
+    with torch.no_grad():
+        model = openvino_backend.convert(graph, example, None, DECODED_OUTPUTS, dynamic_size=True)
+        model = openvino_backend.append_nms(model, params, model_api_outputs=False)
+        xml = tmp_path / "m.xml"
+        openvino_backend.save(model, xml, {}, fp16_weights=False, model_info=None)
+        compiled = openvino_backend.compile_model(xml, f32=True)
+        detections = openvino_backend.infer(compiled, image.numpy())[0]
+        at_other_size = graph.detector(image)  # the head outputs for that input
+    expected = _mmdet_detections(head, list(at_other_size), params.max_per_image, other)
+    _assert_matches_mmdet(detections, expected, params)
+
+
+def _assert_matches_mmdet(detections: np.ndarray, expected: list[np.ndarray], params: Any) -> None:
+    """The graph's detections [K, 7] vs mmdet's per image."""
     for index, theirs in enumerate(expected):
         mine = detections[detections[:, 0] == index][:, 1:]
         assert len(mine) == len(theirs) > 20

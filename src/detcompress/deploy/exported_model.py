@@ -13,7 +13,7 @@ import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import InstanceData
 
-from detcompress.deploy.graph import Preprocessing, pad_batch
+from detcompress.deploy.graph import Preprocessing, pad_batch, size_to_fit
 from detcompress.errors import DetcompressError
 
 
@@ -48,6 +48,8 @@ class ExportedDetector(BaseModel):
         self.infer = infer
         self.prep = Preprocessing(**metadata["preprocessing"])
         self.batch = int(metadata["input"]["shape"][0])  # -1: dynamic
+        # --dynamic-shape: images larger than the export size are padded to what they need.
+        self.dynamic_size = -1 in metadata["input"]["shape"][1:]
         self.postprocessing = bool(metadata["postprocessing"])
         # mmdet's anchor heads clip boxes to the image (not the padded input); YOLOX does not.
         self.clip = metadata.get("head") != "YOLOXHead"
@@ -61,14 +63,15 @@ class ExportedDetector(BaseModel):
         if mode != "predict":
             raise DetcompressError(f"an exported model only predicts (asked for mode '{mode}')")
         start = time.perf_counter()
-        images = pad_batch(list(inputs), self.prep).numpy()
+        prep = size_to_fit(self.prep, list(inputs)) if self.dynamic_size else self.prep
+        images = pad_batch(list(inputs), prep).numpy()
         chunk = len(images) if self.batch < 0 else self.batch
         parts = []
         for begin in range(0, len(images), chunk):
             part = images[begin : begin + chunk]
             real = len(part)
             if real < chunk:  # a static batch: fill with padding, drop those outputs
-                filler = np.full((chunk - real, *part.shape[1:]), self.prep.pad_value, np.float32)
+                filler = np.full((chunk - real, *part.shape[1:]), prep.pad_value, np.float32)
                 part = np.concatenate([part, filler])
             parts.append((begin, real, self.infer(part)))
         # As mmdet's DetDataPreprocessor does: ground-truth boxes as tensors (its visualizer and

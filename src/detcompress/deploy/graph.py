@@ -9,7 +9,7 @@ and mean/std run inside the graph, so a deployment needs nothing from mmdet.
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -398,6 +398,14 @@ def as_u8_nhwc(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(images).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
+def size_to_fit(prep: Preprocessing, images: list[torch.Tensor]) -> Preprocessing:
+    """For a model with a dynamic input size: the export size, or larger where the images need
+    it (multiples of the size divisor, as mmdet pads a batch)."""
+    height = max([prep.height] + [_round_up(i.shape[-2], prep.size_divisor) for i in images])
+    width = max([prep.width] + [_round_up(i.shape[-1], prep.size_divisor) for i in images])
+    return replace(prep, height=height, width=width)
+
+
 def pad_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.Tensor:
     """uint8/float images [3, h, w] from the test pipeline -> float [N, 3, H, W], padded
     bottom-right with the pipeline's pad value, as the exported model expects."""
@@ -407,7 +415,8 @@ def pad_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.Tensor:
         if h > prep.height or w > prep.width:
             raise DetcompressError(
                 f"an image of {h}x{w} after the test pipeline does not fit the model's input "
-                f"{prep.height}x{prep.width}; export with a larger --input-shape"
+                f"{prep.height}x{prep.width}; export with a larger --input-shape or with "
+                "--dynamic-shape"
             )
         batch[i, :, :h, :w] = image.float()
     return batch

@@ -188,7 +188,14 @@ def with_u8_nhwc_input(path: Path) -> None:
     model = onnx.load(str(path))
     graph = model.graph
     old = graph.input[0]
-    n, c, h, w = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+    # Renaming the input's uses is enough for the graphs we export: no subgraphs, and the
+    # input is not an output.
+    assert old.name == INPUT_NAME and INPUT_NAME not in {o.name for o in graph.output}
+    assert not any(a.type == onnx.AttributeProto.GRAPH for n in graph.node for a in n.attribute)
+    n, c, h, w = [
+        d.dim_param or d.dim_value or f"{INPUT_NAME}_{i}"
+        for i, d in enumerate(old.type.tensor_type.shape.dim)
+    ]
     as_float, as_nchw = f"{INPUT_NAME}_f32", f"{INPUT_NAME}_nchw"
     for node in graph.node:
         node.input[:] = [as_nchw if name == INPUT_NAME else name for name in node.input]

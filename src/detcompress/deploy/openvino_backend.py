@@ -31,6 +31,7 @@ def convert(
 ) -> ov.Model:
     """torch module -> ov.Model with a static (or dynamic: None) batch and a static (or, with
     `dynamic_size`, dynamic) height and width."""
+    assert batch is None or not dynamic_size  # a dynamic size has a dynamic batch too
     height, width = (-1, -1) if dynamic_size else example.shape[2:]
     shape = [batch if batch is not None else -1, example.shape[1], height, width]
     model = ov.convert_model(module, example_input=example, input=[shape])

@@ -72,7 +72,9 @@ def verification_batch(loaded: LoadedDetector, prep: Preprocessing, count: int) 
     except ConfigError as exc:
         console.log.warning(f"verifying on random images ({exc})")
     generator = torch.Generator().manual_seed(0)
-    return torch.rand(count, 3, prep.height, prep.width, generator=generator) * 255
+    # Whole gray levels, as decoded images have (a uint8-input export sees exactly these).
+    shape = (count, 3, prep.height, prep.width)
+    return torch.randint(0, 256, shape, generator=generator).float()
 
 
 @dataclass
