@@ -155,10 +155,11 @@ def export(
     params = graph.nms
     output_names = DECODED_OUTPUTS if postprocessing else graph.raw_output_names
     precision = loaded.precision
-    # Model API feeds one image at a time into a model of static size.
+    # Model API feeds one image at a time into a model of static size, resized to it: a
+    # pipeline without a Resize (images padded as they are) has no Model API equivalent.
     model_info = (
         model_api_info(prep, params, loaded.classes)
-        if params is not None and batch == 1 and not dynamic_batch
+        if params is not None and batch == 1 and not dynamic_batch and prep.resize_scale
         else None
     )
     model_input = _input_description(
