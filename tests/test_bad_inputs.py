@@ -209,6 +209,20 @@ def test_cfg_option_of_the_wrong_type_is_refused(tiny_workspace: Path, tmp_path:
              ["'randomness.seed'", "expected a number"])  # fmt: skip
 
 
+def test_cfg_option_list_for_a_tuple_becomes_a_tuple(tiny_workspace: Path) -> None:
+    """YAML has no tuples: `scale=[160,128]` for the pipeline's Resize scale (a tuple, which mmcv
+    requires) is applied as a tuple, not passed on as a list for mmcv to reject."""
+    from detcompress.config.mmdet_config import load_config
+    from detcompress.errors import DetcompressError
+
+    options = ["test_dataloader.dataset.pipeline.1.scale=[160,128]",
+               "train_cfg.max_iters=[3]"]  # fmt: skip
+    loaded = load_config(tiny_workspace / "configs" / "demo.py", cfg_options=options[:1])
+    assert loaded.cfg.test_dataloader.dataset.pipeline[1].scale == (160, 128)
+    with pytest.raises(DetcompressError, match="expected a number"):  # a list stays refused
+        load_config(tiny_workspace / "configs" / "demo.py", cfg_options=options[1:])
+
+
 @pytest.mark.parametrize(
     ("model", "named"),
     [

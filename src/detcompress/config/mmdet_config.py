@@ -184,6 +184,7 @@ def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> 
     current = cfg.to_dict() if pairs else {}
     for key, value in pairs:
         _check_same_kind(current, key, value, path)
+    pairs = [(key, _tuple_where_tuple(_value_at(current, key), value)) for key, value in pairs]
     if pairs:
         try:
             cfg.merge_from_dict(dict(pairs), allow_list_keys=True)
@@ -191,9 +192,11 @@ def _apply_cfg_overrides(cfg: Any, pairs: list[tuple[str, Any]], path: Path) -> 
             raise ConfigError(f"--cfg-options: cannot apply to {path}: {exc}") from exc
 
 
-def _check_same_kind(config: dict[str, Any], key: str, value: Any, path: Path) -> None:
-    """A number or a boolean of the config is not replaced by a value of another kind (YAML
-    reads `lr=abc` as a string, which would fail deep inside torch)."""
+_NEW_KEY = object()
+
+
+def _value_at(config: dict[str, Any], key: str) -> Any:
+    """The config's value at a dotted key (list items by index), or _NEW_KEY."""
     current: Any = config
     for part in key.split("."):
         if isinstance(current, dict) and part in current:
@@ -201,7 +204,24 @@ def _check_same_kind(config: dict[str, Any], key: str, value: Any, path: Path) -
         elif isinstance(current, list | tuple) and part.isdigit() and int(part) < len(current):
             current = current[int(part)]
         else:
-            return  # a new key: nothing to compare with
+            return _NEW_KEY
+    return current
+
+
+def _tuple_where_tuple(current: Any, value: Any) -> Any:
+    """A YAML list given for a tuple of the config becomes a tuple (YAML has none, and mmcv
+    refuses a list for e.g. Resize's `scale` or Pad's `size`)."""
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _check_same_kind(config: dict[str, Any], key: str, value: Any, path: Path) -> None:
+    """A number or a boolean of the config is not replaced by a value of another kind (YAML
+    reads `lr=abc` as a string, which would fail deep inside torch)."""
+    current = _value_at(config, key)
+    if current is _NEW_KEY:
+        return  # a new key: nothing to compare with
     if isinstance(current, bool) and not isinstance(value, bool):
         expected = "true or false"
     elif (
