@@ -4,9 +4,8 @@ appears."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +304,7 @@ def _second_size(prep: Preprocessing, images: torch.Tensor) -> tuple[Preprocessi
     divisor = prep.size_divisor
     height = -(-prep.height * 3 // 2 // divisor) * divisor
     width = max(divisor, prep.width * 3 // 4 // divisor * divisor)
-    second = dataclasses.replace(prep, height=height, width=width)
+    second = replace(prep, height=height, width=width)
     canvas = torch.full((len(images), 3, height, width), prep.pad_value)
     canvas[:, :, : prep.height, :width] = images[:, :, :, :width]
     return second, canvas
@@ -405,7 +404,7 @@ def _network_reference(spec: _GraphToWrite, images: torch.Tensor) -> tuple[_Grap
     """The same network without postprocessing, and PyTorch's raw outputs of it."""
     raw_graph = DeployableDetector(spec.graph.detector, spec.graph.prep, decode_boxes=False)
     raw_graph.eval()
-    raw_spec = dataclasses.replace(
+    raw_spec = replace(
         spec,
         graph=raw_graph,
         output_names=raw_graph.raw_output_names,

@@ -40,8 +40,6 @@ def export(
     With `dynamic_size`, the height and width are dynamic too, and so is every output's size
     but its channels (raw maps: height and width; decoded: the number of priors)."""
     axes: dict[str, dict[int, str]] | None = None
-    if dynamic_batch:
-        axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
     if dynamic_size:
         boxes, scores = DECODED_OUTPUTS
         axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
@@ -52,6 +50,8 @@ def export(
                 axes[name] = {0: "batch", 2: "priors"}
             else:  # a raw map [N, C, h, w]
                 axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    elif dynamic_batch:
+        axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about constant shapes are expected
         torch.onnx.export(
