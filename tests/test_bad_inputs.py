@@ -379,3 +379,17 @@ def test_eval_and_bench_take_the_lowercase_device(tiny_fp32: dict, tiny_fp32_exp
     assert bench.exit_code == 0, bench.output[-3000:]
     evaluated = runner.invoke(app, ["eval", str(xml), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output[-3000:]
+
+
+def test_export_refuses_bad_input_format_and_dynamic_shape_with_a_batch(
+    tiny_fp32: dict, tmp_path: Path
+) -> None:
+    """`--input` other than the two formats, and `--dynamic-shape` with a fixed `--batch`: one
+    line each, before the checkpoint is read, and no output folder appears."""
+    out = tmp_path / "out"
+    checkpoint = Path(tiny_fp32["checkpoint"])
+    _refused(["export", checkpoint, "--out", out, "--input", "u8"],
+             ["--input is 'u8'", "f32-nchw, u8-nhwc"], checkpoint.parent)  # fmt: skip
+    _refused(["export", checkpoint, "--out", out, "--dynamic-shape", "--batch", "2"],
+             ["--batch 2", "--dynamic-shape"], checkpoint.parent)  # fmt: skip
+    assert not out.exists()
