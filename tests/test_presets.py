@@ -294,3 +294,18 @@ def test_preset_error_is_a_detcompress_error(tmp_path: Path) -> None:
     with pytest.raises(PresetError):
         build_nncf_config(read_preset_file(bad), str(bad))
     assert issubclass(PresetError, DetcompressError)
+
+
+def test_bundled_preset_name_wins_over_a_folder_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--preset int8` run where a work dir called `int8` exists is still the bundled preset; a
+    folder that is not a bundled name is refused as a preset file."""
+    from detcompress.config.presets import resolve_preset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "mine").mkdir()
+    assert resolve_preset("int8") == bundled_presets()["int8"]
+    with pytest.raises(PresetError, match="mine: preset file not found"):
+        resolve_preset("mine")

@@ -47,11 +47,14 @@ def bundled_presets() -> dict[str, Path]:
 def resolve_preset(name_or_path: str) -> Path:
     """A bundled preset name or a path to a .yaml/.yml/.json file -> the file."""
     path = Path(name_or_path)
-    if path.suffix.lower() in PRESET_SUFFIXES or path.exists():
+    bundled = bundled_presets()
+    # A bundled name wins over a folder of that name (e.g. a work dir called int8).
+    if path.suffix.lower() in PRESET_SUFFIXES or path.is_file() or (
+        path.exists() and name_or_path not in bundled
+    ):
         if not path.is_file():
             raise PresetError(f"{path}: preset file not found")
         return path
-    bundled = bundled_presets()
     if name_or_path in bundled:
         return bundled[name_or_path]
     raise PresetError(
