@@ -215,3 +215,73 @@ def _assert_matches_mmdet(detections: np.ndarray, expected: list[np.ndarray], pa
                 compared += 1
         assert compared > len(theirs)  # most of both sides were compared
         np.testing.assert_array_equal(mine[:, 1], np.sort(mine[:, 1])[::-1])  # sorted by score
+
+
+def _faster_rcnn(tmp_path: Path) -> Any:
+    """The stock Faster R-CNN (shrunk as in the stock-config test), random weights."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from detcompress.demo.stock import FAMILIES, write_config
+    from detcompress.patches import apply_mmdet_workarounds
+
+    register_all_modules()
+    apply_mmdet_workarounds()
+    config = write_config(FAMILIES["faster_rcnn"], tmp_path, tmp_path / "c.py", small=True)
+    torch.manual_seed(0)
+    return MODELS.build(Config.fromfile(config).model).eval()
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_two_stage_graph_detections_match_mmdet(fmt: str, tmp_path: Path) -> None:
+    """Faster R-CNN whole inside the graph (RPN proposals and their NMS per level, RoIAlign on
+    the mapped level, the RoI head, per-class decoding, NMS) vs mmdet's predict mode."""
+    from mmdet.structures import DetDataSample
+
+    from detcompress.deploy import onnx_backend, openvino_backend
+    from detcompress.deploy.graph import DeployableDetector, Preprocessing, normalize
+
+    detector = _faster_rcnn(tmp_path)
+    # RoIs of 16-128 px spread over all four levels (the stock 56 keeps them on one at 128 px).
+    detector.roi_head.bbox_roi_extractor.finest_scale = 16
+    with torch.no_grad():  # scores spread widely (random weights give all ~1/4): few near-ties
+        detector.roi_head.bbox_head.fc_cls.weight *= 30
+    batch = 2
+    prep = Preprocessing(SIZE, SIZE, [100.0] * 3, [50.0] * 3, True, 0.0, 32, None, False)
+    graph = DeployableDetector(detector, prep, decode_boxes=True).eval()
+    params = graph.nms
+    assert params is not None and graph.head_name == "RPNHead+Shared2FCBBoxHead"
+    images = torch.randint(
+        0, 256, (batch, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(0)
+    )
+    example = images.float()
+    path = tmp_path / "m.onnx"
+    with torch.no_grad():
+        onnx_backend.export(graph, example, path, DECODED_OUTPUTS, dynamic_batch=False)
+    operations = onnx_backend.operation_counts(path)
+    assert operations["NonMaxSuppression"] == 1 and operations["RoiAlign"] == 4  # 4 FPN levels
+    if fmt == "openvino":
+        model = openvino_backend.convert_onnx(path, DECODED_OUTPUTS)
+        model = openvino_backend.append_nms(model, params, model_api_outputs=False)
+        xml = tmp_path / "m.xml"
+        openvino_backend.save(model, xml, {}, fp16_weights=False, model_info=None)
+        compiled = openvino_backend.compile_model(xml, f32=True)
+        detections = openvino_backend.infer(compiled, example.numpy())[0]
+        kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+        assert kinds.count("ROIAlign") == 4 and kinds.count("NonMaxSuppression") == 2
+    else:
+        onnx_backend.append_nms(path, params, model_api_outputs=False)
+        detections = onnx_backend.infer(onnx_backend.session(path), example.numpy())[0]
+    shape = (SIZE, SIZE)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1.0, 1.0))
+    samples = [DetDataSample(metainfo={**meta, "batch_input_shape": shape}) for _ in range(batch)]
+    with torch.no_grad():
+        results = detector.predict(normalize(prep, example), samples, rescale=False)
+    expected = [
+        np.concatenate(
+            [r.labels.float().numpy()[:, None], r.scores.numpy()[:, None], r.bboxes.numpy()], 1
+        )
+        for r in (sample.pred_instances for sample in results)
+    ]
+    _assert_matches_mmdet(detections, expected, params)

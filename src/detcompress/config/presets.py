@@ -49,8 +49,10 @@ def resolve_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
     bundled = bundled_presets()
     # A bundled name wins over a folder of that name (e.g. a work dir called int8).
-    if path.suffix.lower() in PRESET_SUFFIXES or path.is_file() or (
-        path.exists() and name_or_path not in bundled
+    if (
+        path.suffix.lower() in PRESET_SUFFIXES
+        or path.is_file()
+        or (path.exists() and name_or_path not in bundled)
     ):
         if not path.is_file():
             raise PresetError(f"{path}: preset file not found")

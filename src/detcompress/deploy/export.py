@@ -27,9 +27,11 @@ from detcompress.deploy.graph import (
     normalize,
     preprocessing_of,
 )
+from detcompress.deploy.two_stage import is_two_stage
 from detcompress.deploy.verify import (
     DETECTION_SCORE_MARGIN,
     MIN_DETECTIONS_COMPARED,
+    int8_saturation_hint,
     pytorch_reference,
     repeat_to,
     verification_batch,
@@ -150,6 +152,8 @@ def export(
 
         detector = nncf_adapter.strip_for_export(detector, normalize(prep, example[:1]))
     detector.eval()
+    if is_two_stage(detector):
+        _check_two_stage_options(checkpoint, postprocessing, dynamic_batch)
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
     params = graph.nms
     output_names = DECODED_OUTPUTS if postprocessing else graph.raw_output_names
@@ -186,6 +190,7 @@ def export(
         input_format,
         dynamic_shape,
     )
+    hint = int8_saturation_hint(precision, loaded.meta.get("nncf_config") or {})
     # Raw outputs per size, when detections are few (once for all formats).
     networks: dict[int, tuple[_GraphToWrite, Any]] = {}
     with atomic_dir(out_dir, replace=force) as tmp:
@@ -198,13 +203,13 @@ def export(
                 zip(sizes, references, strict=True)
             ):
                 check = verify_export(
-                    fmt, path, size_images, chunk, reference, precision, params, min_score
+                    fmt, path, size_images, chunk, reference, precision, params, min_score, hint
                 )
                 if params is not None and check["detections_checked"] < MIN_DETECTIONS_COMPARED:
                     if index not in networks:
                         networks[index] = _network_reference(spec, size_images)
                     check = _verify_network_too(
-                        fmt, check, networks[index], size_images, chunk, precision
+                        fmt, check, networks[index], size_images, chunk, precision, hint
                     )
                 checks.append(check)
             check = checks[0]
@@ -228,6 +233,21 @@ def export(
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     files["metadata"] = out_dir / METADATA_FILE
     return ExportResult(out_dir, files, metadata, verification)
+
+
+def _check_two_stage_options(checkpoint: Path, postprocessing: bool, dynamic: bool) -> None:
+    """A two-stage detector's graph selects its proposals inside: it has no raw outputs that
+    mmdet could decode, and its proposal count per image is fixed by the traced batch."""
+    if not postprocessing:
+        raise DetcompressError(
+            f"{checkpoint}: a two-stage detector exports with its postprocessing inside only "
+            "(its RoI head needs the proposals chosen in the graph); drop --no-postprocessing"
+        )
+    if dynamic:
+        raise DetcompressError(
+            f"{checkpoint}: a two-stage detector exports with a fixed batch and input size; "
+            "drop --dynamic-batch/--dynamic-shape (give --batch N and --input-shape H W)"
+        )
 
 
 def _metadata(
@@ -272,7 +292,7 @@ def _metadata(
             {
                 "name": name,
                 "meaning": f"head output '{name.split('.')[0]}' of level "
-                f"{name.split('.')[1]}, raw (mmdet's {type(graph.detector.bbox_head).__name__}"
+                f"{name.split('.')[1]}, raw (mmdet's {graph.head_name}"
                 ".predict_by_feat decodes it)",
             }
             for name in graph.raw_output_names
@@ -286,7 +306,7 @@ def _metadata(
         "preprocessing": prep.to_json(),
         "postprocessing": params is not None,
         "nms": params.to_json() if params is not None else None,
-        "head": type(graph.detector.bbox_head).__name__,
+        "head": graph.head_name,
         "outputs": outputs,
         "output_groups": {"names": graph.groups, "levels": graph.group_sizes},
         "files": {fmt: FORMATS[fmt] for fmt in formats},
@@ -378,9 +398,18 @@ def _write(fmt: str, spec: _GraphToWrite, path: Path) -> None:
     if fmt == "openvino":
         from detcompress.deploy import openvino_backend
 
-        model = openvino_backend.convert(
-            spec.graph, spec.example, spec.batch, spec.output_names, spec.dynamic_size
-        )
+        if spec.graph.two_stage:
+            # Its NMS and RoiAlign convert from ONNX only (two_stage.py).
+            from detcompress.deploy import onnx_backend
+
+            onnx_path = path.with_name("two_stage_graph.onnx")
+            onnx_backend.export(spec.graph, spec.example, onnx_path, spec.output_names, False)
+            model = openvino_backend.convert_onnx(onnx_path, spec.output_names)
+            onnx_path.unlink()
+        else:
+            model = openvino_backend.convert(
+                spec.graph, spec.example, spec.batch, spec.output_names, spec.dynamic_size
+            )
         if spec.params is not None:
             model = openvino_backend.append_nms(model, spec.params, spec.model_info is not None)
         if spec.input_format == "u8-nhwc":
@@ -422,6 +451,7 @@ def _verify_network_too(
     images: torch.Tensor,
     chunk: int,
     precision: str,
+    hint: str,
 ) -> dict[str, Any]:
     """Too few detections to compare (an untrained model): the same network, exported without
     postprocessing to a scratch folder, must also match PyTorch's raw outputs."""
@@ -431,7 +461,7 @@ def _verify_network_too(
     with tempfile.TemporaryDirectory(prefix="detcompress_verify_") as scratch:
         path = Path(scratch) / FORMATS[fmt]
         _write(fmt, raw_spec, path)
-        raw = verify_export(fmt, path, images, chunk, reference, precision, None, 0.0)
+        raw = verify_export(fmt, path, images, chunk, reference, precision, None, 0.0, hint)
     return {
         **check,
         "raw_outputs": {k: v for k, v in raw.items() if k != "summary"},

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detcompress.deploy.two_stage import TwoStageDecoder, is_two_stage, rpn_outputs
 from detcompress.errors import ConfigError, DetcompressError
 
 # Heads whose box decoding detcompress can put inside the graph: YOLOX keeps one label per box
@@ -29,6 +30,7 @@ SUPPORTED_HEADS = (
     "ATSSHead",
     "FCOSHead",
     "RTMDetHead",
+    "RPNHead + StandardRoIHead (Faster R-CNN)",
 )
 
 
@@ -310,22 +312,38 @@ class DeployableDetector(nn.Module):
         super().__init__()
         self.detector = detector
         self.prep = prep
-        if not hasattr(detector, "bbox_head"):
-            raise DetcompressError(
-                f"{type(detector).__name__} is a two-stage detector: export of its RPN proposals "
-                "and RoI head is not available yet, with or without --no-postprocessing; "
-                "compress and eval work on its checkpoints (detcompress eval CHECKPOINT)"
-            )
-        head: Any = detector.bbox_head
+        self.nms: NMSParams | None = None
+        self.decoder: nn.Module | None = None
+        self.two_stage = is_two_stage(detector)
+        if self.two_stage:
+            # Raw outputs: the RPN head's (what verification compares when detections are few).
+            self.group_sizes = [len(self.head.prior_generator.strides)] * 2
+            self.groups = output_groups(self.head, 2)
+            if decode_boxes:
+                self.decoder = TwoStageDecoder(detector)
+                self.nms = nms_params(detector.roi_head)
+            return
         example = torch.zeros(1, 3, prep.height, prep.width)
         with torch.no_grad():
             outs = detector(example, mode="tensor")
         self.group_sizes = [len(group) for group in outs]
-        self.groups = output_groups(head, len(outs))
-        self.nms: NMSParams | None = None
-        self.decoder: nn.Module | None = None
+        self.groups = output_groups(self.head, len(outs))
         if decode_boxes:
-            self.decoder, self.nms = _decoder_for(head, len(outs))
+            self.decoder, self.nms = _decoder_for(self.head, len(outs))
+
+    @property
+    def head(self) -> Any:
+        """The head whose outputs are the raw outputs (a two-stage detector's RPN head)."""
+        return getattr(self.detector, "rpn_head" if self.two_stage else "bbox_head")
+
+    @property
+    def head_name(self) -> str:
+        """The head(s) whose decoding the graph holds: `RPNHead+Shared2FCBBoxHead` for two
+        stages."""
+        if self.two_stage:
+            roi_head: Any = self.detector.roi_head
+            return f"{type(self.head).__name__}+{type(roi_head.bbox_head).__name__}"
+        return type(self.head).__name__
 
     @property
     def raw_output_names(self) -> list[str]:
@@ -336,7 +354,13 @@ class DeployableDetector(nn.Module):
         ]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = self.detector(normalize(self.prep, image), mode="tensor")
+        inputs = normalize(self.prep, image)
+        if isinstance(self.decoder, TwoStageDecoder):
+            return tuple(self.decoder.run(self.detector, inputs, image))
+        if self.two_stage:
+            outs = rpn_outputs(self.detector, inputs)
+        else:
+            outs = self.detector(inputs, mode="tensor")
         if self.decoder is not None:
             return tuple(self.decoder(outs, image))
         return tuple(t for group in outs for t in group)

@@ -41,6 +41,15 @@ def convert(
     return model
 
 
+def convert_onnx(path: Path, output_names: list[str]) -> ov.Model:
+    """An exported ONNX graph -> ov.Model, with our input and output names."""
+    model = ov.convert_model(str(path))
+    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    for output, name in zip(model.outputs, output_names, strict=True):
+        output.get_tensor().set_names({name})
+    return model
+
+
 @functools.cache
 def core() -> ov.Core:
     """One OpenVINO Core per process: each Core starts its own plugin and thread pools (several of

@@ -96,11 +96,8 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def machine_info() -> dict[str, Any]:
-    import openvino as ov
-
-    from detcompress.deploy import openvino_backend
-
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags (empty where /proc/cpuinfo is not there)."""
     flags: set[str] = set()
     cpu_model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -111,6 +108,22 @@ def machine_info() -> dict[str, Any]:
                 cpu_model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
+    return cpu_model, flags
+
+
+def lacks_int8_dot_product() -> bool:
+    """An x86 CPU without VNNI or AMX: its int8 convolutions multiply u8 x i8 pairs into int16
+    (AVX2's VPMADDUBSW), which saturates with full-range 8-bit weights."""
+    _, flags = cpu_model_and_flags()
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def machine_info() -> dict[str, Any]:
+    import openvino as ov
+
+    from detcompress.deploy import openvino_backend
+
+    cpu_model, flags = cpu_model_and_flags()
     core = openvino_backend.core()
     return {
         "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")) or cpu_model,
