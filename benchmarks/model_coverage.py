@@ -3,7 +3,8 @@ PTQ, QAT, export (OpenVINO / ONNX, postprocessing inside), eval parity (FP32 and
 exported model's mAP minus its checkpoint's) and int8 IR latency / FP32 IR latency.
 
     .venv/bin/python benchmarks/model_coverage.py [--families atss,fcos,...] [--full]
-        [--fp32-iters 300] [--qat-iters 30] [--seconds 4] [--keep DIR] [--json FILE]
+        [--fp32-iters 300] [--qat-iters 30] [--seconds 4] [--overflow-fix] [--keep DIR]
+        [--json FILE]
 
 Per family: FP32 fine-tuning from random weights on the demo's synthetic shapes (`init demo`,
 128 px images; an iteration-counted LR warm-up shortened to a fifth of the run), `compress
@@ -84,6 +85,7 @@ def run_family(name: str, work: Path, data: Path, args: argparse.Namespace) -> d
         "nncf_config.compression.initializer.range.num_init_steps=8",
         "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=8",
         *family.qat_options,
+        *(["nncf_config.compression.overflow_fix=enable"] if args.overflow_fix else []),
     ]
     load = ["--preset", "int8", "--load-from", fp32["checkpoint"]]
     ptq = compress("ptq", "ptq", *load, "--max-iters", "0", *calibration)
@@ -185,6 +187,12 @@ def main() -> None:
     parser.add_argument("--fp32-iters", type=int, default=300)
     parser.add_argument("--qat-iters", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=4.0, help="bench time per model")
+    parser.add_argument(
+        "--overflow-fix",
+        action="store_true",
+        help="int8 with 7-bit weights (NNCF's overflow_fix=enable): for CPUs without VNNI/AMX, "
+        "whose int8 products saturate at int16 otherwise",
+    )
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FAST_INIT, eval_predictions, resized_dataset
+from conftest import eval_predictions, resized_dataset
 from detcompress.cli import app
 
 # Compared: the detections a user would look at.
@@ -35,25 +35,22 @@ def _invoke(*args: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def exports(detecting_fp32: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The detecting model exported in FP32 (both formats) and, after int8 post-training
-    quantization, as an int8 IR."""
+def exports(
+    detecting_fp32: dict, detecting_models: dict, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The detecting model exported in FP32 and, after int8 post-training quantization, in int8
+    (conftest's `detecting_models`), and in FP32 with uint8 input and with a dynamic shape."""
     base = tmp_path_factory.mktemp("model_api")
-    config = detecting_fp32["workspace"] / "configs" / "demo.py"
-    _invoke("export", detecting_fp32["checkpoint"], "--to", "all", "--out", base / "fp32")
-    _invoke(
-        "compress", config, "--preset", "int8", "--max-iters", "0", "--work-dir", base / "int8",
-        "--load-from", detecting_fp32["checkpoint"], "--cfg-options", *FAST_INIT,
-    )  # fmt: skip
-    _invoke("export", base / "int8" / "ptq.pth", "--to", "openvino", "--out", base / "int8_ir")
     _invoke("export", detecting_fp32["checkpoint"], "--to", "all", "--out", base / "u8",
             "--input", "u8-nhwc", "--verify-images", "2")  # fmt: skip
     _invoke("export", detecting_fp32["checkpoint"], "--to", "all", "--out", base / "dynamic",
             "--dynamic-shape", "--verify-images", "2")  # fmt: skip
+    fp32 = detecting_models["exports"][("fp32", "--postprocessing")]
+    int8 = detecting_models["exports"][("int8", "--postprocessing")]
     return {
-        "fp32.xml": base / "fp32" / "model.xml",
-        "fp32.onnx": base / "fp32" / "model.onnx",
-        "int8.xml": base / "int8_ir" / "model.xml",
+        "fp32.xml": fp32 / "model.xml",
+        "fp32.onnx": fp32 / "model.onnx",
+        "int8.xml": int8 / "model.xml",
         "u8-nhwc.xml": base / "u8" / "model.xml",
         "u8-nhwc.onnx": base / "u8" / "model.onnx",
         "dynamic.xml": base / "dynamic" / "model.xml",

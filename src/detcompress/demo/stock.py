@@ -63,7 +63,7 @@ FAMILIES = {
         iteration_warmup=False,
     ),
     "rtmdet": StockFamily("rtmdet/rtmdet_tiny_8xb32-300e_coco.py", 640, 128, HEAD, HEAD),
-    # Two-stage: compress and eval; export refused in one line.
+    # Two-stage: RPN proposals, RoIAlign and the RoI head inside the exported graph.
     "faster_rcnn": StockFamily(
         "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py",
         640,

@@ -141,6 +141,8 @@ def export(
     prep = preprocessing_of(loaded.cfg, input_shape, str(checkpoint))
     if postprocessing is None:
         postprocessing = bool(loaded.meta.get("nncf_compress_postprocessing", True))
+    if is_two_stage(loaded.model):
+        _check_two_stage_options(checkpoint, postprocessing, dynamic_batch)
     images = verification_batch(loaded, prep, max(verify_images, batch))
     # A static batch runs the images in chunks of that size; a dynamic one in chunks of 2.
     chunk = 2 if dynamic_batch else batch
@@ -152,8 +154,6 @@ def export(
 
         detector = nncf_adapter.strip_for_export(detector, normalize(prep, example[:1]))
     detector.eval()
-    if is_two_stage(detector):
-        _check_two_stage_options(checkpoint, postprocessing, dynamic_batch)
     graph = DeployableDetector(detector, prep, decode_boxes=postprocessing).eval()
     params = graph.nms
     output_names = DECODED_OUTPUTS if postprocessing else graph.raw_output_names
