@@ -282,3 +282,39 @@ def test_rb_sparsity_trains_its_masks_through_the_loss(runs: dict[str, Any]) -> 
     assert "loss_rb_sparsity" in next(resumed.glob("*/*.log")).read_text()
     assert _level_changes(resumed) == {k: expected[k] for k in (2, 3)}
     assert _state(resumed / "iter_4.pth")["meta"]["iter"] == 4
+
+
+def test_two_stage_filter_pruning_keeps_fpn_outputs_and_roi_head(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """Faster R-CNN: mmcv's RoIAlign hides the RoI head from torch-pruning, so the FPN's output
+    convolutions and the RoI head keep their widths while the layers before them are pruned;
+    the checkpoint reloads into that architecture (eval, and an export verified against it)."""
+    from detcompress.demo.stock import FAMILIES, write_config
+
+    config = write_config(
+        FAMILIES["faster_rcnn"], tiny_workspace / "data", tmp_path / "frcnn.py", small=True
+    )
+    config.write_text(config.read_text() + "randomness = dict(seed=0)\n")
+    result, data = _compress(
+        config, tmp_path / "pruned", "--preset", "filter_pruning", "--max-iters", "2"
+    )
+    assert "filters removed" in result.output
+    weights = _state(Path(data["checkpoint"]))["state_dict"]
+    fpn_width = 64  # the shrunk stock model's FPN (detcompress.demo.stock)
+    lateral = [
+        v.shape[0] for k, v in weights.items() if re.match(r"neck.lateral_convs.\d.conv.w", k)
+    ]
+    assert lateral and all(width < fpn_width for width in lateral)  # pruned
+    outputs = [v.shape[0] for k, v in weights.items() if re.match(r"neck.fpn_convs.\d.conv.w", k)]
+    assert outputs == [fpn_width] * 4
+    assert weights["roi_head.bbox_head.shared_fcs.0.weight"].shape[1] == fpn_width * 7 * 7
+    report = tmp_path / "eval.json"
+    evaluated = runner.invoke(app, ["eval", data["checkpoint"], "--json", str(report)])
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]
+    assert json.loads(report.read_text())["bbox_mAP"] == pytest.approx(data["bbox_mAP"], abs=1e-6)
+    exported = runner.invoke(
+        app, ["export", data["checkpoint"], "--to", "onnx", "--out", str(tmp_path / "onnx"),
+              "--verify-images", "2"],
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output[-3000:]

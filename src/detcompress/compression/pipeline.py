@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from detcompress.compression.scopes import match_scopes
 from detcompress.compression.settings import (
@@ -58,7 +59,8 @@ def prune_to(
     convs = tpa.conv_names(model)
     matched, _ = match_scopes(algo.ignored_scopes, list(convs), submodules=True)
     keep = {name for names in matched.values() for name in names}
-    ignored = [convs[n] for n in sorted(keep)] + head_output_convs(model)
+    ignored: list[nn.Module] = [convs[n] for n in sorted(keep)]
+    ignored += head_output_convs(model) + two_stage_fixed_layers(model)
     first = tpa.first_conv(model)
     if first is not None and not algo.prune_first_conv:
         ignored.append(first)
@@ -154,13 +156,7 @@ def _prune_filters(
 
     schedule = PruningSchedule.of(algo)
     algo.check()
-    if not hasattr(model, "bbox_head"):
-        # torch-pruning follows channels through autograd; mmcv's RoIAlign hides the FPN's
-        # consumers in the RoI head from it, and it prunes the FPN's outputs alone.
-        raise PresetError(
-            f"filter_pruning: {type(model).__name__} is a two-stage detector, whose filters "
-            "cannot be pruned yet; use int8 or magnitude_sparsity / rb_sparsity"
-        )
+    two_stage_fixed_layers(model)  # refuses a two-stage detector it cannot prune
     _, unmatched = match_scopes(algo.ignored_scopes, list(tpa.conv_names(model)), submodules=True)
     for scope in unmatched:
         report.lines.append(
@@ -181,6 +177,28 @@ def _prune_filters(
         f"{how}; importance {algo.importance}, head output convolutions kept)"
     )
     report.data["filter_pruning"] = {"initial_level": level, "progressive": progressive}
+
+
+def two_stage_fixed_layers(model: Any) -> list[torch.nn.Module]:
+    """What filter pruning leaves as it is in a two-stage detector: the FPN's output
+    convolutions and the RoI head's linear layers. torch-pruning follows channels through
+    autograd, and mmcv's RoIAlign hides the RoI head behind the FPN's outputs from it: it would
+    prune those outputs without the RoI head's inputs. (Empty for a one-stage detector.)"""
+    if hasattr(model, "bbox_head") or not hasattr(model, "roi_head"):
+        return []
+    from mmdet.models.necks import FPN
+
+    neck = getattr(model, "neck", None)
+    if not isinstance(neck, FPN):
+        raise PresetError(
+            f"filter_pruning: {type(model).__name__} is a two-stage detector with a "
+            f"{type(neck).__name__} neck; its filters can be pruned with an FPN neck only (use "
+            "int8 or magnitude_sparsity / rb_sparsity)"
+        )
+    fixed: list[nn.Module] = [
+        m for conv in neck.fpn_convs for m in conv.modules() if isinstance(m, nn.Conv2d)
+    ]
+    return fixed + [m for m in model.roi_head.modules() if isinstance(m, nn.Linear)]
 
 
 def _sparsify(

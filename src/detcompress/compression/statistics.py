@@ -20,12 +20,13 @@ def device_of(model: Any) -> torch.device:
 
 def head_output_convs(model: Any) -> list[torch.nn.Conv2d]:
     """The head's final class / box / objectness convolutions: the plain `nn.Conv2d`s of
-    `bbox_head` that are not inside a ConvModule (pruning them would change the class count or
-    the box encoding)."""
+    `bbox_head` (a two-stage detector's `rpn_head`) that are not inside a ConvModule (pruning
+    them would change the class count or the box encoding)."""
     from mmcv.cnn import ConvModule
     from torch import nn
 
-    head = getattr(model, "bbox_head", None)
+    # A two-stage detector's dense head is its RPN (its RoI head ends in linear layers).
+    head = getattr(model, "bbox_head", None) or getattr(model, "rpn_head", None)
     if head is None:
         return []
     inside_conv_module = {
