@@ -31,11 +31,16 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 demo: install
 	$(PY) -m detcompress.demo.pipeline $(DEMO_DIR)
 
+# Two workers: one pytest process keeps about one core busy (tests wait on single-threaded
+# tracing, export and data loading); each file's tests stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples

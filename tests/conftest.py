@@ -13,6 +13,34 @@ import pytest
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 # Few calibration batches keep the tiny runs fast; the presets' own values are tested elsewhere.
+# Parallel runs (`pytest -n 2 --dist loadgroup`, the README's test command): a file's tests stay
+# on one worker, so its module fixtures are built once; files sharing an expensive session
+# fixture share a worker too; the stock-config families are independent and spread out.
+SHARED_WORKER = {"test_eval.py": "detecting", "test_deployment_clients.py": "detecting"}
+SPREAD_FILES = {"test_stock_configs.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        group = item.nodeid if name in SPREAD_FILES else SHARED_WORKER.get(name, name)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker gets its share of the cores (torch would start one thread per
+    core in every worker and oversubscribe them); subprocesses inherit it."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 FAST_INIT = [
     "nncf_config.compression.initializer.range.num_init_steps=2",
     "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
