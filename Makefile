@@ -31,10 +31,11 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 demo: install
 	$(PY) -m detcompress.demo.pipeline $(DEMO_DIR)
 
-# Two workers: one pytest process keeps about one core busy (tests wait on single-threaded
-# tracing, export and data loading); each file's tests stay on one worker (tests/conftest.py).
-TEST_WORKERS ?= 2
-PYTEST = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+# TEST_WORKERS=2 runs pytest-xdist workers (tests/conftest.py keeps a file's tests on one
+# worker): 36 min instead of ~55 on 2 cores, but two tests still fail there (the allocator's
+# page-fault count, FCOS's int8 verification at one thread per worker), so serial by default.
+TEST_WORKERS ?= 1
+PYTEST = $(VENV)/bin/python -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
 
 test: install
 	$(PYTEST)
