@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detcompress.deploy.two_stage import TwoStageDecoder, is_two_stage, rpn_outputs
+from detcompress.deploy.two_stage import TwoStageDecoder, clipped, is_two_stage, rpn_outputs
 from detcompress.errors import ConfigError, DetcompressError
 
 # Heads whose box decoding detcompress can put inside the graph: YOLOX keeps one label per box
@@ -227,7 +227,7 @@ class _DenseHeadDecoder(nn.Module):
             factors = torch.cat(
                 [f.permute(0, 2, 3, 1).reshape(n, -1) for f in outs[2]], 1
             ).sigmoid()
-        return self._candidates(self._clipped(boxes, image), scores, factors)
+        return self._candidates(clipped(boxes, image), scores, factors)
 
     def _class_scores(self, cls_score: torch.Tensor, n: int) -> torch.Tensor:
         logits = cls_score.permute(0, 2, 3, 1).reshape(n, -1, self.cls_out)
@@ -243,12 +243,6 @@ class _DenseHeadDecoder(nn.Module):
         padded = torch.cat([flat, flat.new_zeros(flat.shape[0], self.nms_pre)], 1)
         kth = padded.topk(self.nms_pre, dim=1).values[:, -1:]
         return scores * (scores >= kth.unsqueeze(-1)).to(scores.dtype)
-
-    def _clipped(self, boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Boxes clipped to the input image (its size read in the graph: any input size)."""
-        size = torch._shape_as_tensor(image)[2:].to(boxes.dtype)  # h, w
-        limits = torch.stack([size[1], size[0], size[1], size[0]])
-        return torch.minimum(boxes.clamp(min=0), limits)
 
     def _candidates(
         self, boxes: torch.Tensor, scores: torch.Tensor, factors: torch.Tensor | None

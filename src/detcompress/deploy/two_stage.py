@@ -231,7 +231,7 @@ class TwoStageDecoder(nn.Module):
         cls_score, bbox_pred = bbox_head(roi_features)
         class_scores = cls_score.softmax(-1)[:, : self.num_classes]
         decoded = bbox_head.bbox_coder.decode(flat_boxes, bbox_pred, max_shape=None)
-        decoded = _clipped(decoded.reshape(n * p, -1, 4), image)
+        decoded = clipped(decoded.reshape(n * p, -1, 4), image)
         c = self.num_classes
         decoded = decoded.expand(n * p, c, 4).reshape(n, p * c, 4)
         # RoI k's box for class c is box k*C + c, which only class c scores; padded RoIs none.
@@ -270,7 +270,7 @@ class TwoStageDecoder(nn.Module):
         boxes = rpn.bbox_coder.decode(
             torch.cat(level_priors, 1), torch.cat(level_deltas, 1), max_shape=None
         )
-        boxes = _clipped(boxes, image)
+        boxes = clipped(boxes, image)
         if self.min_size >= 0:
             big = (boxes[..., 2] - boxes[..., 0] > self.min_size) & (
                 boxes[..., 3] - boxes[..., 1] > self.min_size
@@ -322,10 +322,11 @@ class TwoStageDecoder(nn.Module):
         return pooled
 
 
-def _clipped(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Boxes [..., 4] clipped to the input image."""
-    height, width = image.shape[-2:]
-    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+def clipped(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Boxes [..., 4] clipped to the input image (its size read in the graph: any input size;
+    a static export folds it into a constant)."""
+    size = torch._shape_as_tensor(image)[2:].to(boxes.dtype)  # h, w
+    limits = torch.stack([size[1], size[0], size[1], size[0]])
     return torch.minimum(boxes.clamp(min=0), limits)
 
 
