@@ -31,10 +31,10 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 demo: install
 	$(PY) -m detcompress.demo.pipeline $(DEMO_DIR)
 
-# TEST_WORKERS=2 runs pytest-xdist workers (tests/conftest.py keeps a file's tests on one
-# worker): 36 min instead of ~55 on 2 cores, but two tests still fail there (the allocator's
-# page-fault count, FCOS's int8 verification at one thread per worker), so serial by default.
-TEST_WORKERS ?= 1
+# Two pytest-xdist workers (tests/conftest.py keeps a file's tests on one worker, so its module
+# fixtures are built once, and gives each worker its share of the cores): one pytest process
+# keeps only about one core busy. TEST_WORKERS=1 runs them in one process.
+TEST_WORKERS ?= 2
 PYTEST = $(VENV)/bin/python -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
 
 test: install

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from detcompress.cli import app
 from detcompress.demo.stock import FAMILIES, write_config
+from detcompress.deploy import onnx_backend, openvino_backend
 from detcompress.deploy.verify import MIN_DETECTIONS_COMPARED
+from detcompress.measure.latency import lacks_int8_dot_product
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +36,13 @@ def _compress(config: Path, out: Path, *options: str) -> dict:
     return data
 
 
+# On a CPU without VNNI (CI's AVX2), int8 convolutions saturate int16 pair sums with full-range
+# 8-bit weights, and a ResNet + FPN export (ATSS, FCOS, Faster R-CNN) can then fail verification
+# by chance of its near-random weights (FCOS did, once, at one thread per pytest-xdist worker):
+# NNCF's overflow fix (7-bit weights) is what such a CPU needs (README, model coverage). The
+# default 8-bit path is exported and verified on this CPU by tests/test_export.py.
+OVERFLOW_FIX = ("nncf_config.compression.overflow_fix=enable",) if lacks_int8_dot_product() else ()
+
 # ssdlite's first QAT step overflowed its gradients with seed 0 (measured); seed 1 does not.
 SEEDS = {"ssdlite": 1}
 
@@ -51,7 +60,7 @@ def test_stock_config_fp32_then_int8(name: str, tiny_workspace: Path, tmp_path: 
         "--max-iters", "2", "--cfg-options",
         "nncf_config.compression.initializer.range.num_init_steps=2",
         "nncf_config.compression.initializer.batchnorm_adaptation.num_bn_adaptation_steps=2",
-        *family.qat_options,
+        *family.qat_options, *OVERFLOW_FIX,
     )  # fmt: skip
     q = int8["compression"]["quantization"]
     assert q["weight_quantizers"] > 0 and q["activation_quantizers"] > 0
@@ -66,9 +75,18 @@ def test_stock_config_fp32_then_int8(name: str, tiny_workspace: Path, tmp_path: 
     assert exported["precision"] == "int8"
     assert exported["verification"]["openvino"]["int8_convolutions"] > 0
     assert exported["verification"]["onnx"]["quantize_linear_ops"] > 0
-    if family.two_stage:  # the newest graph path: eval of all three agrees
-        _eval_agrees(Path(int8["checkpoint"]), tmp_path / "int8_export", tmp_path)
+    _assert_nms_inside(tmp_path / "int8_export")
+    _eval_runs(Path(int8["checkpoint"]), tmp_path / "int8_export", tmp_path)
+    if family.two_stage:
         _two_stage_refusals(Path(int8["checkpoint"]), tmp_path)
+
+
+def _assert_nms_inside(export: Path) -> None:
+    """Both formats end in the standard NonMaxSuppression operation (two-stage: also the RPN's)."""
+    assert onnx_backend.operation_counts(export / "model.onnx")["NonMaxSuppression"] >= 1
+    ir = openvino_backend.read_model(export / "model.xml")
+    kinds = [op.get_type_name() for op in ir.get_ordered_ops()]
+    assert any(kind.startswith("NonMaxSuppression") for kind in kinds), sorted(set(kinds))
 
 
 def _two_stage_refusals(checkpoint: Path, tmp_path: Path) -> None:
@@ -85,15 +103,20 @@ def _two_stage_refusals(checkpoint: Path, tmp_path: Path) -> None:
         assert not out.exists()
 
 
-def _eval_agrees(checkpoint: Path, export: Path, tmp_path: Path) -> None:
-    """`eval` of the checkpoint, the IR and the ONNX file: int8 mAP within 0.5 points."""
-    maps = {}
+def _eval_runs(checkpoint: Path, export: Path, tmp_path: Path) -> None:
+    """`eval` of the checkpoint, the IR and the ONNX file, each on the whole val split. After 2
+    iterations from random weights the mAPs are ~0 and their differences are ties broken
+    differently (measured 0.004 vs 0.015 for Faster R-CNN), so parity is asserted on models that
+    detect: tests/test_eval.py (the shared `detecting_models`) and benchmarks/model_coverage.py."""
+    counts = set()
     for model in (checkpoint, export / "model.xml", export / "model.onnx"):
         report = tmp_path / f"eval_{model.suffix[1:]}.json"
         result = CliRunner().invoke(app, ["eval", str(model), "--json", str(report)])
         assert result.exit_code == 0, result.output[-3000:]
-        maps[model.suffix] = json.loads(report.read_text())["bbox_mAP"]
-    assert abs(maps[".xml"] - maps[".pth"]) <= 0.005 and abs(maps[".onnx"] - maps[".pth"]) <= 0.005
+        data = json.loads(report.read_text())
+        assert 0.0 <= data["bbox_mAP"] <= 1.0
+        counts.add(data["num_images"])
+    assert counts == {8}  # TINY_SPEC_KW's val images, all evaluated by each format
 
 
 def _export(checkpoint: Path, out: Path) -> dict:
@@ -113,3 +136,35 @@ def _export(checkpoint: Path, out: Path) -> dict:
         assert not few or check["raw_outputs"]["passed"], check
     assert (out / "model.xml").is_file() and (out / "model.onnx").is_file()
     return data
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if not f.two_stage))
+def test_stock_config_filter_pruning_and_sparsity(
+    name: str, tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """`--preset filter_pruning` (its first level, 0.1, from iteration 0) and `--preset
+    magnitude_sparsity` (0.3 from iteration 0), 2 iterations each from random weights; the
+    pruned model reloads into its narrower architecture and exports with postprocessing inside,
+    verified against its checkpoint in both formats. (Faster R-CNN's pruning, which keeps the
+    layers RoIAlign hides: tests/test_sparsity_pruning.py.)"""
+    config = write_config(
+        FAMILIES[name], tiny_workspace / "data", tmp_path / f"{name}.py", small=True
+    )
+    config.write_text(config.read_text() + f"randomness = dict(seed={SEEDS.get(name, 0)})\n")
+    pruned = _compress(
+        config, tmp_path / "pruned", "--preset", "filter_pruning", "--max-iters", "2"
+    )
+    stats = pruned["statistics"]["filter_pruning"]
+    assert stats["level"] == pytest.approx(0.1)
+    assert stats["params_ratio"] < 0.97 and stats["filters_ratio"] < 0.97
+    exported = _export(Path(pruned["checkpoint"]), tmp_path / "pruned_export")
+    assert exported["precision"] == "fp32"
+    _assert_nms_inside(tmp_path / "pruned_export")
+
+    sparse = _compress(
+        config, tmp_path / "sparse", "--preset", "magnitude_sparsity", "--max-iters", "2"
+    )
+    state = torch.load(sparse["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    masks = [v for k, v in state.items() if k.endswith("binary_mask")]
+    zeros = sum(int((~m.bool()).sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert masks and zeros == pytest.approx(0.3, abs=1e-3)

@@ -67,6 +67,7 @@ def prune_to(
     before = filter_count(model)
     # torch-pruning's ratio is of the model as it is: from `current` to `level` of the original.
     step_ratio = 1 - (1 - level) / (1 - current)
+    ignored += tpa.too_narrow_per_group(model, step_ratio)
     example = torch.zeros(state.input_shape, device=device_of(model))
     was_training = model.training
     model.eval()
@@ -166,6 +167,7 @@ def _prune_filters(
     progressive = progressive_pruning(nncf_config)
     level = schedule.level(0) if progressive else schedule.target
     state.pruning_level = 0.0
+    kept_for_groups = len(tpa.too_narrow_per_group(model, level))
     before, after = prune_to(model, algo, state, level)
     how = (
         f"{schedule.kind} schedule to {schedule.target} by epoch {schedule.last_change_epoch}"
@@ -176,6 +178,12 @@ def _prune_filters(
         f"filter_pruning: {before - after} of {before} filters removed (level {level:.3f}; "
         f"{how}; importance {algo.importance}, head output convolutions kept)"
     )
+    if kept_for_groups:
+        report.lines.append(
+            f"filter_pruning: {kept_for_groups} convolutions feeding a GroupNorm keep their "
+            f"widths at level {level:.3f} (less than one channel of each group to remove; "
+            "GroupNorm groups are pruned evenly)"
+        )
     report.data["filter_pruning"] = {"initial_level": level, "progressive": progressive}
 
 

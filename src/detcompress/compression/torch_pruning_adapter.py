@@ -33,13 +33,51 @@ CHANNEL_MULTIPLE = 8
 
 
 def _tensor_forward(model: nn.Module, inputs: torch.Tensor) -> Any:
-    # mmdet's default forward needs a mode; `tensor` is the network without postprocessing.
-    return model(inputs, mode="tensor")
+    """mmdet's `tensor` mode (the network without postprocessing), plus every leaf module's
+    tensor output: torch-pruning follows channels back from what this returns, and layers that
+    run but feed no output (yolov3's MobileNetV2 computes its last `conv2` and its BN although
+    its out_indices stop before them) would otherwise keep their old widths: a broken model."""
+    leaf_outputs: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            leaf_outputs.append(output)
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if not any(m.children())]
+    try:
+        return model(inputs, mode="tensor"), leaf_outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     """The convolution the image enters (NNCF 2 leaves it unpruned unless `prune_first_conv`)."""
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def group_norm_convs(model: nn.Module) -> list[tuple[nn.Conv2d, int]]:
+    """Convolutions whose output a GroupNorm normalizes (mmcv's ConvModule with norm_cfg GN),
+    with that norm's number of groups. torch-pruning removes their channels evenly from every
+    group, at least one per group: 64 channels in 32 groups lose half at any level."""
+    pairs = []
+    for module in model.modules():
+        conv = getattr(module, "conv", None)
+        norms = [m for m in module.children() if isinstance(m, nn.GroupNorm)]
+        if isinstance(conv, nn.Conv2d) and [n.num_channels for n in norms] == [conv.out_channels]:
+            pairs.append((conv, norms[0].num_groups))
+    return pairs
+
+
+def too_narrow_per_group(model: nn.Module, ratio: float) -> list[nn.Conv2d]:
+    """The GroupNorm-fed convolutions where `ratio` is less than one channel of each group:
+    pruning them would remove far more than asked (and a group of one channel normalizes a
+    1x1 feature map to nothing), so they keep their widths at this step."""
+    return [
+        conv
+        for conv, groups in group_norm_convs(model)
+        if int(ratio * conv.out_channels / groups + 1e-9) < 1
+    ]
 
 
 def conv_names(model: nn.Module) -> dict[str, nn.Conv2d]:
