@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import DETECTING_SPEC_KW
+from conftest import DETECTING_SPEC_KW, FP32_MAP_TOLERANCE, INT8_MAP_TOLERANCE
 from detcompress.cli import app
 
 VAL_IMAGES = DETECTING_SPEC_KW["val_images"]
@@ -57,8 +57,8 @@ def test_exported_fp32_matches_pytorch(models: dict, fmt: str, post: str) -> Non
     the graph's own NMS or with mmdet's postprocessing on raw outputs."""
     pytorch = models["runs"]["fp32"]
     data = _eval(models["exports"][("fp32", post)] / fmt, "--precision", "f32")
-    assert data["bbox_mAP"] == pytest.approx(pytorch["bbox_mAP"], abs=0.001)
-    assert data["bbox_mAP_50"] == pytest.approx(pytorch["bbox_mAP_50"], abs=0.001)
+    assert data["bbox_mAP"] == pytest.approx(pytorch["bbox_mAP"], abs=FP32_MAP_TOLERANCE)
+    assert data["bbox_mAP_50"] == pytest.approx(pytorch["bbox_mAP_50"], abs=FP32_MAP_TOLERANCE)
     assert data["num_images"] == VAL_IMAGES and data["precision"] in ("f32", "fp32")
     assert data["backend"] == ("openvino" if fmt == "model.xml" else "onnxruntime")
 
@@ -71,7 +71,7 @@ def test_exported_int8_matches_pytorch(models: dict, fmt: str, post: str) -> Non
     int8 kernels differs from torch's fake quantizers near rounding boundaries)."""
     pytorch = models["runs"]["int8"]
     data = _eval(models["exports"][("int8", post)] / fmt)
-    assert data["bbox_mAP"] == pytest.approx(pytorch["bbox_mAP"], abs=0.005)
+    assert data["bbox_mAP"] == pytest.approx(pytorch["bbox_mAP"], abs=INT8_MAP_TOLERANCE)
     assert data["precision"] == "int8"
 
 

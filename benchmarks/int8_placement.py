@@ -1,0 +1,206 @@
+"""Where detcompress's int8 IR and NNCF's own OpenVINO-backend post-training quantization of the
+same FP32 IR put their FakeQuantize operations, and how fast each runs (issue #22).
+
+    .venv/bin/python benchmarks/int8_placement.py [--fp32-iters 50] [--calibration 64]
+        [--seconds 4] [--rounds 5] [--layers 8] [--keep DIR] [--json FILE]
+
+Steps, on the demo (yolox_tiny, 128 px, synthetic shapes): `init demo`, FP32 fine-tuning for
+`--fp32-iters`, `compress --preset int8 --max-iters 0` (our PTQ), `export --to openvino
+--no-postprocessing` of both checkpoints; then `nncf.quantize` of the FP32 IR with NNCF's
+OpenVINO backend (preset MIXED, `--calibration` val images preprocessed as
+examples/exported_model.py does), the comparison issue #22 asks for. Printed:
+
+- placement: for each operation type, how many of its operations take an activation through a
+  FakeQuantize in each IR, and how the activation quantizers are ranged (unsigned: low = 0,
+  signed symmetric, asymmetric);
+- speed: `detcompress bench` of the three IRs interleaved in rounds (median latency ratios with
+  their intervals), and OpenVINO's per-layer profile grouped by (type, precision).
+
+Placement does not depend on the CPU; the speed ratios do (bf16 or VNNI CPUs are what #22 is
+about: on an AVX2-only CPU int8 is multiplied through int16 pairs). Without postprocessing, as
+in ssd300_int8_speed.py: a barely trained model's NMS would time thousands of meaningless boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def detcompress(*args: str) -> None:
+    print("$ detcompress " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "detcompress", *args], check=True)
+
+
+def calibration_inputs(data: Path, metadata_of: Path, count: int) -> list[np.ndarray]:
+    """Val images as the IR takes them (resize, pad, NCHW float 0-255), by the examples' code."""
+    import cv2
+
+    sys.path.insert(0, str(HERE.parent / "examples"))
+    from exported_model import preprocess
+
+    metadata = json.loads(metadata_of.with_name("model.json").read_text())
+    images = sorted((data / "val").glob("*.jpg")) or sorted((data / "val").glob("*.png"))
+    return [preprocess(cv2.imread(str(p)), metadata)[0] for p in images[:count]]
+
+
+def nncf_openvino_ptq(fp32_xml: Path, inputs: list[np.ndarray], out: Path) -> Path:
+    """NNCF's post-training quantization of the IR itself (the placement OpenVINO's
+    low-precision transformations are written against)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_xml))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED, subset_size=len(inputs)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out / "model.xml"))
+    return out / "model.xml"
+
+
+def _constant(node: Any) -> np.ndarray | None:
+    while node.get_type_name() == "Convert":  # fp16-compressed constants
+        node = node.input_value(0).get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
+
+
+def placement(xml: Path) -> dict[str, Any]:
+    """Per operation type: how many there are and how many take a fake-quantized activation;
+    activation quantizers by range kind; weight quantizers."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    ops = list(model.get_ordered_ops())
+    total = Counter(op.get_type_name() for op in ops)
+    quantized_inputs: Counter[str] = Counter()
+    ranges: Counter[str] = Counter()
+    weights = 0
+    for op in ops:
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        if _constant(op.input_value(0).get_node()) is not None:
+            weights += 1
+            continue
+        low, high = (_constant(op.input_value(i).get_node()) for i in (1, 2))
+        if low is None or high is None:
+            ranges["unknown"] += 1
+        elif np.all(low == 0):
+            ranges["unsigned (low 0)"] += 1
+        elif np.all(low < 0) and np.allclose(-low * 127 / 128, high, rtol=0.02, atol=0):
+            ranges["signed symmetric"] += 1  # NNCF's signed range: [-s, s * 127/128]
+        else:
+            ranges["asymmetric"] += 1
+        for target in op.output(0).get_target_inputs():
+            quantized_inputs[target.get_node().get_type_name()] += 1
+    consumers = {
+        kind: {"ops": total[kind], "quantized_activation_inputs": quantized_inputs[kind]}
+        for kind in sorted(set(quantized_inputs) | {"Convolution", "GroupConvolution"})
+        if total[kind] or quantized_inputs[kind]
+    }
+    return {
+        "weight_fake_quantize": weights,
+        "activation_ranges": dict(ranges),
+        "by_type": consumers,
+    }
+
+
+def print_placement(placements: dict[str, dict[str, Any]]) -> None:
+    names = list(placements)
+    kinds = sorted({k for p in placements.values() for k in p["by_type"]})
+    print("\nFakeQuantize'd activation inputs per operation type (ops of that type in the IR):")
+    print("| operation | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for kind in kinds:
+        cells = []
+        for name in names:
+            entry = placements[name]["by_type"].get(kind, {})
+            cells.append(f"{entry.get('quantized_activation_inputs', 0)} ({entry.get('ops', 0)})")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    for name in names:
+        p = placements[name]
+        ranges = p["activation_ranges"]
+        print(f"{name}: {p['weight_fake_quantize']} weight quantizers; activations: {ranges}")
+
+
+def print_bench(report: dict[str, Any]) -> None:
+    results = report["results"]
+    print("\nInterleaved bench (first model = FP32 IR at OpenVINO's default precision):")
+    for r in results:
+        latency = r["latency_ms"]
+        median = latency.get("median") if isinstance(latency, dict) else latency
+        interval = r.get("rounds", {}).get("speedup_interval")
+        spread = f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else ""
+        print(
+            f"  {r['model']}: median {median} ms, latency speed-up {r.get('speedup')}{spread}, "
+            f"throughput speed-up {r.get('throughput_speedup')}"
+        )
+        for group in r.get("layers", {}).get("by_type", [])[:6]:
+            print(
+                f"    {group['type']:<18} {group['precision']:<6} {group['layers']:>3} layers "
+                f"{group['ms']:.3f} ms ({group['share']:.0%})"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fp32-iters", type=int, default=50)
+    parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="int8_placement_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ws = work / "ws"
+    if not (ws / "configs" / "demo.py").exists():
+        detcompress("init", "demo", str(ws))
+    config = ws / "configs" / "demo.py"
+    detcompress(
+        "compress", str(config), "--work-dir", str(work / "fp32"), "--max-iters",
+        str(args.fp32_iters), "--json", str(work / "fp32.json"),
+    )  # fmt: skip
+    fp32_ckpt = json.loads((work / "fp32.json").read_text())["checkpoint"]
+    detcompress(
+        "compress", str(config), "--preset", "int8", "--load-from", fp32_ckpt, "--max-iters", "0",
+        "--work-dir", str(work / "int8"), "--json", str(work / "int8.json"),
+    )  # fmt: skip
+    int8_ckpt = json.loads((work / "int8.json").read_text())["checkpoint"]
+    for name, ckpt in (("fp32", fp32_ckpt), ("ours", int8_ckpt)):
+        detcompress(
+            "export", ckpt, "--to", "openvino", "--no-postprocessing", "--out",
+            str(work / f"{name}_ir"), "--force",
+        )  # fmt: skip
+    fp32_xml, ours_xml = work / "fp32_ir" / "model.xml", work / "ours_ir" / "model.xml"
+    inputs = calibration_inputs(ws / "data", fp32_xml, args.calibration)
+    nncf_xml = nncf_openvino_ptq(fp32_xml, inputs, work / "nncf_ov_ir")
+    (work / "nncf_ov_ir" / "model.json").write_text((fp32_xml.with_name("model.json")).read_text())
+
+    placements = {"detcompress int8": placement(ours_xml), "NNCF OV PTQ": placement(nncf_xml)}
+    print_placement(placements)
+    detcompress(
+        "bench", str(fp32_xml), str(ours_xml), str(nncf_xml), "--seconds", str(args.seconds),
+        "--rounds", str(args.rounds), "--layers", str(args.layers), "--json",
+        str(work / "bench.json"),
+    )  # fmt: skip
+    bench = json.loads((work / "bench.json").read_text())
+    print_bench(bench)
+    print(f"\nfiles in {work}")
+    if args.json:
+        args.json.write_text(json.dumps({"placement": placements, "bench": bench}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
