@@ -2,12 +2,12 @@
 same FP32 IR put their FakeQuantize operations, and how fast each runs (issue #22).
 
     .venv/bin/python benchmarks/int8_placement.py [--fp32-iters 50] [--calibration 64]
-        [--seconds 4] [--rounds 5] [--layers 8] [--keep DIR] [--json FILE]
+        [--preset int8_mixed] [--seconds 4] [--rounds 5] [--layers 8] [--keep DIR] [--json FILE]
 
 Steps, on the demo (yolox_tiny, 128 px, synthetic shapes): `init demo`, FP32 fine-tuning for
-`--fp32-iters`, `compress --preset int8 --max-iters 0` (our PTQ), `export --to openvino
---no-postprocessing` of both checkpoints; then `nncf.quantize` of the FP32 IR with NNCF's
-OpenVINO backend (preset MIXED, `--calibration` val images preprocessed as
+`--fp32-iters`, `compress --preset int8_mixed --max-iters 0` (our PTQ; the demo's preset),
+`export --to openvino --no-postprocessing` of both checkpoints; then `nncf.quantize` of the
+FP32 IR with NNCF's OpenVINO backend (preset MIXED, `--calibration` val images preprocessed as
 examples/exported_model.py does), the comparison issue #22 asks for. Printed:
 
 - placement: for each operation type, how many of its operations take an activation through a
@@ -85,12 +85,16 @@ def placement(xml: Path) -> dict[str, Any]:
     total = Counter(op.get_type_name() for op in ops)
     quantized_inputs: Counter[str] = Counter()
     ranges: Counter[str] = Counter()
-    weights = 0
+    # Saved IRs hold quantized weights as int8 constants (OpenVINO folds their FakeQuantize).
+    weights = sum(
+        op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")
+        for op in ops
+    )
     for op in ops:
-        if op.get_type_name() != "FakeQuantize":
-            continue
-        if _constant(op.input_value(0).get_node()) is not None:
-            weights += 1
+        if (
+            op.get_type_name() != "FakeQuantize"
+            or _constant(op.input_value(0).get_node()) is not None
+        ):
             continue
         low, high = (_constant(op.input_value(i).get_node()) for i in (1, 2))
         if low is None or high is None:
@@ -103,13 +107,14 @@ def placement(xml: Path) -> dict[str, Any]:
             ranges["asymmetric"] += 1
         for target in op.output(0).get_target_inputs():
             quantized_inputs[target.get_node().get_type_name()] += 1
+    shown = set(quantized_inputs) | {"Convolution", "GroupConvolution", "MatMul", "Slice"}
     consumers = {
         kind: {"ops": total[kind], "quantized_activation_inputs": quantized_inputs[kind]}
-        for kind in sorted(set(quantized_inputs) | {"Convolution", "GroupConvolution"})
-        if total[kind] or quantized_inputs[kind]
+        for kind in sorted(shown)
+        if total[kind]
     }
     return {
-        "weight_fake_quantize": weights,
+        "int8_weight_constants": weights,
         "activation_ranges": dict(ranges),
         "by_type": consumers,
     }
@@ -130,7 +135,7 @@ def print_placement(placements: dict[str, dict[str, Any]]) -> None:
     for name in names:
         p = placements[name]
         ranges = p["activation_ranges"]
-        print(f"{name}: {p['weight_fake_quantize']} weight quantizers; activations: {ranges}")
+        print(f"{name}: {p['int8_weight_constants']} int8 weight constants; activations: {ranges}")
 
 
 def print_bench(report: dict[str, Any]) -> None:
@@ -155,6 +160,7 @@ def print_bench(report: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fp32-iters", type=int, default=50)
+    parser.add_argument("--preset", default="int8_mixed", help="ours (the demo's: int8_mixed)")
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=5)
@@ -174,8 +180,8 @@ def main() -> None:
     )  # fmt: skip
     fp32_ckpt = json.loads((work / "fp32.json").read_text())["checkpoint"]
     detcompress(
-        "compress", str(config), "--preset", "int8", "--load-from", fp32_ckpt, "--max-iters", "0",
-        "--work-dir", str(work / "int8"), "--json", str(work / "int8.json"),
+        "compress", str(config), "--preset", args.preset, "--load-from", fp32_ckpt,
+        "--max-iters", "0", "--work-dir", str(work / "int8"), "--json", str(work / "int8.json"),
     )  # fmt: skip
     int8_ckpt = json.loads((work / "int8.json").read_text())["checkpoint"]
     for name, ckpt in (("fp32", fp32_ckpt), ("ours", int8_ckpt)):

@@ -4,7 +4,8 @@ with AMX or avx512-bf16), against the int8 IR from post-training quantization.
 
     .venv/bin/python benchmarks/ssd300_int8_speed.py [--seconds 10] [--threads 2] [--keep DIR]
 
-Goals (issue #7, on a 2-core CPU with AMX): int8 / f32 <= 0.25 and int8 / default <= 0.75.
+Goals (issue #22): int8 / f32 <= 0.25 on a CPU with VNNI but without AMX, <= 0.2 with AMX;
+int8 / default (bf16 on such CPUs) <= 0.6; every convolution in int8.
 Weights: one FP32 training iteration on synthetic 300-px data (random init otherwise: no
 downloads), then PTQ (`compress --preset int8 --max-iters 0`). Latency does not depend on the
 weights' values for the network itself, so the IRs are exported without postprocessing: with
@@ -173,8 +174,9 @@ def main() -> None:
     print(f"  int8 IR, rest forced to f32 (information):  {ms['int8_f32']:8.2f} ms")
     same = default_fp32["precision"] == "f32"
     note = "; the default is f32 on this CPU: the f32 ratio again" if same else ""
-    print(f"int8 / FP32 f32:     {ms['int8'] / ms['fp32_f32']:.3f}  (goal <= 0.25)")
-    print(f"int8 / FP32 default: {ms['int8'] / ms['fp32_default']:.3f}  (goal <= 0.75{note})")
+    f32_goal = 0.2 if "amx_int8" in machine["cpu_features"] else 0.25
+    print(f"int8 / FP32 f32:     {ms['int8'] / ms['fp32_f32']:.3f}  (goal <= {f32_goal})")
+    print(f"int8 / FP32 default: {ms['int8'] / ms['fp32_default']:.3f}  (goal <= 0.6{note})")
 
 
 if __name__ == "__main__":
