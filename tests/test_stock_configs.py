@@ -47,13 +47,19 @@ OVERFLOW_FIX = ("nncf_config.compression.overflow_fix=enable",) if lacks_int8_do
 SEEDS = {"ssdlite": 1}
 
 
+def _seeded_config(name: str, workspace: Path, tmp_path: Path) -> Path:
+    """The family's shrunk stock config on the workspace's data, seeded: QAT of a barely trained
+    model sits near its overflow edge (see above), and an unseeded run can meet a non-finite
+    gradient in its first step (ssdlite did, once)."""
+    config = write_config(FAMILIES[name], workspace / "data", tmp_path / f"{name}.py", small=True)
+    config.write_text(config.read_text() + f"randomness = dict(seed={SEEDS.get(name, 0)})\n")
+    return config
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_stock_config_fp32_then_int8(name: str, tiny_workspace: Path, tmp_path: Path) -> None:
     family = FAMILIES[name]
-    config = write_config(family, tiny_workspace / "data", tmp_path / f"{name}.py", small=True)
-    # Seeded: QAT of a barely trained model sits near its overflow edge (see above), and an
-    # unseeded run can meet a non-finite gradient in its first step (ssdlite did, once).
-    config.write_text(config.read_text() + f"randomness = dict(seed={SEEDS.get(name, 0)})\n")
+    config = _seeded_config(name, tiny_workspace, tmp_path)
     fp32 = _compress(config, tmp_path / "fp32", "--max-iters", "2")
     int8 = _compress(
         config, tmp_path / "int8", "--preset", "int8", "--load-from", fp32["checkpoint"],
@@ -147,10 +153,7 @@ def test_stock_config_filter_pruning_and_sparsity(
     pruned model reloads into its narrower architecture and exports with postprocessing inside,
     verified against its checkpoint in both formats. (Faster R-CNN's pruning, which keeps the
     layers RoIAlign hides: tests/test_sparsity_pruning.py.)"""
-    config = write_config(
-        FAMILIES[name], tiny_workspace / "data", tmp_path / f"{name}.py", small=True
-    )
-    config.write_text(config.read_text() + f"randomness = dict(seed={SEEDS.get(name, 0)})\n")
+    config = _seeded_config(name, tiny_workspace, tmp_path)
     pruned = _compress(
         config, tmp_path / "pruned", "--preset", "filter_pruning", "--max-iters", "2"
     )
