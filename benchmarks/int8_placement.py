@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conv_rates import convolution_rates
 
 HERE = Path(__file__).resolve().parent
 
 
-def detcompress(*args: str) -> None:
+def detcompress(*args: str, quiet: bool = False) -> None:
+    """Run a detcompress command (`quiet`: its tables not shown; this script prints from its
+    JSON)."""
     print("$ detcompress " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "detcompress", *args], check=True)
+    output = subprocess.DEVNULL if quiet else None
+    subprocess.run([sys.executable, "-m", "detcompress", *args], check=True, stdout=output)
 
 
 def calibration_inputs(data: Path, metadata_of: Path, count: int) -> list[np.ndarray]:
@@ -138,7 +142,7 @@ def print_placement(placements: dict[str, dict[str, Any]]) -> None:
         print(f"{name}: {p['int8_weight_constants']} int8 weight constants; activations: {ranges}")
 
 
-def print_bench(report: dict[str, Any]) -> None:
+def print_bench(report: dict[str, Any], slowest: int) -> None:
     results = report["results"]
     print("\nInterleaved bench (first model = FP32 IR at OpenVINO's default precision):")
     for r in results:
@@ -155,6 +159,8 @@ def print_bench(report: dict[str, Any]) -> None:
                 f"    {group['type']:<18} {group['precision']:<6} {group['layers']:>3} layers "
                 f"{group['ms']:.3f} ms ({group['share']:.0%})"
             )
+        for layer in r.get("layers", {}).get("top", [])[:slowest]:
+            print(f"      {layer['ms']:.3f} ms {layer['kernel']:<24} {layer['name'][-70:]}")
 
 
 def main() -> None:
@@ -164,7 +170,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=8, help="slowest layers shown per IR")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
@@ -197,12 +203,26 @@ def main() -> None:
     placements = {"detcompress int8": placement(ours_xml), "NNCF OV PTQ": placement(nncf_xml)}
     print_placement(placements)
     detcompress(
-        "bench", str(fp32_xml), str(ours_xml), str(nncf_xml), "--seconds", str(args.seconds),
-        "--rounds", str(args.rounds), "--layers", str(args.layers), "--json",
+        "bench",
+        str(fp32_xml),
+        str(ours_xml),
+        str(nncf_xml),
+        "--seconds",
+        str(args.seconds),
+        "--rounds",
+        str(args.rounds),
+        "--layers",
+        "1000",
+        "--json",
         str(work / "bench.json"),
-    )  # fmt: skip
+        quiet=True,
+    )  # fmt: skip  (every layer profiled: the convolution rates below)
     bench = json.loads((work / "bench.json").read_text())
-    print_bench(bench)
+    print_bench(bench, args.layers)
+    fp32_result, *quantized = bench["results"]
+    print("\nConvolutions, FP32 IR at its default precision -> each int8 IR:")
+    for name, result in zip(("detcompress int8", "NNCF OV PTQ"), quantized, strict=True):
+        print(f"  {name}: {convolution_rates(fp32_xml, fp32_result, result)}")
     print(f"\nfiles in {work}")
     if args.json:
         args.json.write_text(json.dumps({"placement": placements, "bench": bench}, indent=2))

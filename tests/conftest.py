@@ -276,6 +276,16 @@ def file_digests(*paths: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
 
 
+def measured_sparsity(checkpoint: Path) -> float:
+    """Zeros among the masks stored in the checkpoint's state_dict (not detcompress's stats)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    masks = [v.bool() for k, v in state.items() if k.endswith("binary_mask")]
+    assert masks
+    return sum(int((~m).sum()) for m in masks) / sum(m.numel() for m in masks)
+
+
 RELOAD = """
 import sys, torch
 from detcompress.model.load import load_detector

@@ -133,6 +133,24 @@ def test_precision_f32_and_batch(models: dict[str, Path], tmp_path: Path) -> Non
         assert r["throughput_fps"] is None and r["latency_ms"]["median"] > 0
 
 
+def test_precision_per_model(models: dict[str, Path], tmp_path: Path) -> None:
+    """`--precision f32,auto`: the same IR twice, once forced to f32 and once at the runtime's
+    default, measured interleaved in one run (ssd300_int8_speed.py's int8 / f32 ratio)."""
+    from detcompress.deploy import openvino_backend
+
+    out = tmp_path / "b.json"
+    xml = str(models["fp32_xml"])
+    _bench(
+        [xml, xml, "--precision", "f32,auto", "--mode", "latency", "--seconds", "0.2",
+         "--rounds", "2", "--json", str(out)]
+    )  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    default = openvino_backend.inference_precision(
+        openvino_backend.compile_model(models["fp32_xml"])
+    )
+    assert [r["float_precision"] for r in results] == ["f32", default]
+
+
 def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -> None:
     bars = tmp_path / "bars.png"
     _bench(
@@ -188,6 +206,8 @@ def test_plot_bars_and_latency_vs_map(models: dict[str, Path], tmp_path: Path) -
         (["{fp32_xml}", "--plot", "out.jpg"], "--plot out.jpg: must be a .png file"),
         (["{fp32_xml}", "--eval-json", "{fp32_xml}"], "not a readable eval JSON"),
         (["model.txt"], "unknown model file type '.txt'"),
+        (["{fp32_xml}", "--precision", "bf16"], "--precision bf16: 'bf16' is not supported"),
+        (["{fp32_xml}", "--precision", "f32,auto"], "2 values for 1 model(s); give one value"),
         (["{fp32_xml}", "--rounds", "0"], "--rounds 0: must be from 1 to 1000"),
         (["{fp32_xml}", "--layers", "-1"], "--layers -1: must be 0 (off) or more"),
         (["{fp32_onnx}", "--layers", "3"], "--layers: per-layer times come from OpenVINO's"),

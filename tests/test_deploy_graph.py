@@ -285,3 +285,58 @@ def test_two_stage_graph_detections_match_mmdet(fmt: str, tmp_path: Path) -> Non
         for r in (sample.pred_instances for sample in results)
     ]
     _assert_matches_mmdet(detections, expected, params)
+
+
+class _PoolThenConv(nn.Module):
+    """conv -> ReLU -> FakeQuantize -> MaxPool(ceil_mode) -> conv with fake-quantized weights:
+    the int8 pattern of SSD's VGG16 between its stages, at an odd size where ceil and floor
+    rounding differ (75 -> 38)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.second = nn.Conv2d(16, 32, 3, padding=1)
+        self.weight_scale = float(self.second.weight.abs().max()) / 127
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x))
+        x = torch.fake_quantize_per_tensor_affine(x, 4.0 / 255, 0, 0, 255)
+        x = self.pool(x)
+        weight = torch.fake_quantize_per_tensor_affine(
+            self.second.weight, self.weight_scale, 0, -128, 127
+        )
+        return nn.functional.conv2d(x, weight, self.second.bias, padding=1)
+
+
+def test_ceil_mode_max_pool_is_rewritten_so_the_next_convolution_runs_int8() -> None:
+    """OpenVINO's int8 path does not pass through a ceil-rounded MaxPool (SSD300 ran 4 of its
+    35 convolutions in float after one): export rewrites it as floor rounding over explicit end
+    padding, the same values, and the convolution after it runs in int8."""
+    import openvino as ov
+
+    from detcompress.deploy import openvino_backend
+
+    module = _PoolThenConv().eval()
+    x = torch.rand(1, 3, 75, 75) * 4
+    with torch.no_grad():
+        expected = module(x).numpy()
+    as_converted = ov.convert_model(module, example_input=x)
+    model = openvino_backend.convert(module, x, 1, ["out"])
+
+    def pools(m: ov.Model) -> list[str]:
+        return [str(op.get_attributes()["rounding_type"]) for op in m.get_ordered_ops()
+                if op.get_type_name() == "MaxPool"]  # fmt: skip
+
+    assert pools(as_converted) == ["ceil_torch"] and pools(model) == ["floor"]
+    core = openvino_backend.core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = core.compile_model(as_converted, "CPU", f32)
+    after = core.compile_model(model, "CPU", f32)
+    assert openvino_backend.int8_convolutions(before) == (0, 2)  # the problem, still upstream
+    assert openvino_backend.int8_convolutions(after) == (1, 2)  # the first conv's input is float
+    got = after(x.numpy())[0]
+    assert got.shape == expected.shape == (1, 32, 38, 38)
+    # Same windows: only int8 arithmetic (integer accumulation) differs from PyTorch's.
+    assert np.abs(got - before(x.numpy())[0]).max() <= 1e-3 * np.abs(expected).max()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import outputs_in_fresh_process
+from conftest import measured_sparsity, outputs_in_fresh_process
 from detcompress.cli import app
 
 runner = CliRunner()
@@ -61,13 +61,6 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         assert torch.allclose(x[key].float(), y[key].float(), rtol=1e-5, atol=1e-6), key
 
 
-def _measured_sparsity(checkpoint: Path) -> float:
-    """Zeros among the masks stored in the checkpoint's state_dict (not detcompress's stats)."""
-    masks = [v for k, v in _state(checkpoint)["state_dict"].items() if k.endswith("binary_mask")]
-    assert masks
-    return sum(int((~m).sum()) for m in masks) / sum(m.numel() for m in masks)
-
-
 @pytest.fixture(scope="module")
 def runs(
     tiny_workspace: Path, tiny_fp32: dict, tmp_path_factory: pytest.TempPathFactory
@@ -94,8 +87,8 @@ def sparsity_run(runs: dict[str, Any]) -> dict[str, Any]:
 def test_magnitude_sparsity_reaches_each_level_at_its_step(sparsity_run: dict[str, Any]) -> None:
     work = sparsity_run["work"]
     assert _level_changes(work) == {ITERS_PER_EPOCH: 0.5, 2 * ITERS_PER_EPOCH: 0.7}
-    assert _measured_sparsity(work / "iter_7.pth") == pytest.approx(0.5, abs=1e-4)
-    assert _measured_sparsity(work / "iter_14.pth") == pytest.approx(0.7, abs=1e-4)
+    assert measured_sparsity(work / "iter_7.pth") == pytest.approx(0.5, abs=1e-4)
+    assert measured_sparsity(work / "iter_14.pth") == pytest.approx(0.7, abs=1e-4)
     meta = _state(work / "iter_7.pth")["meta"]["detcompress"]
     assert meta["structure"]["state"]["sparsity_level"] == 0.5
     stats = meta["structure"]["statistics"]["magnitude_sparsity"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import measured_sparsity
 from detcompress.cli import app
 from detcompress.demo.stock import FAMILIES, write_config
 from detcompress.deploy import onnx_backend, openvino_backend
@@ -80,6 +81,9 @@ def test_stock_config_fp32_then_int8(name: str, tiny_workspace: Path, tmp_path: 
     exported = _export(Path(int8["checkpoint"]), tmp_path / "int8_export")
     assert exported["precision"] == "int8"
     assert exported["verification"]["openvino"]["int8_convolutions"] > 0
+    if name == "ssd300":  # its ceil-mode MaxPools no longer leave the next conv in float
+        ir = exported["verification"]["openvino"]
+        assert ir["int8_convolutions"] == ir["convolutions"], ir
     assert exported["verification"]["onnx"]["quantize_linear_ops"] > 0
     _assert_nms_inside(tmp_path / "int8_export")
     _eval_runs(Path(int8["checkpoint"]), tmp_path / "int8_export", tmp_path)
@@ -167,7 +171,4 @@ def test_stock_config_filter_pruning_and_sparsity(
     sparse = _compress(
         config, tmp_path / "sparse", "--preset", "magnitude_sparsity", "--max-iters", "2"
     )
-    state = torch.load(sparse["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    masks = [v for k, v in state.items() if k.endswith("binary_mask")]
-    zeros = sum(int((~m.bool()).sum()) for m in masks) / sum(m.numel() for m in masks)
-    assert masks and zeros == pytest.approx(0.3, abs=1e-3)
+    assert measured_sparsity(Path(sparse["checkpoint"])) == pytest.approx(0.3, abs=1e-3)

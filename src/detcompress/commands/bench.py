@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detcompress.commands._common import check_output_file, print_result, user_errors
-from detcompress.commands.options import Device, JsonOutput, Precision, TrustCheckpoint
+from detcompress.commands.options import PRECISIONS, Device, JsonOutput, TrustCheckpoint
 
 
 @user_errors
@@ -23,7 +23,14 @@ def bench(
     mode: Annotated[
         str, typer.Option(metavar="latency|throughput|both", help="What to measure.")
     ] = "both",
-    precision: Precision = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            metavar=f"{PRECISIONS}[,...]",
+            help="f32: true fp32 where the runtime would use bf16. One value for all models, or "
+            "one per model (e.g. f32,auto to compare an IR in f32 with one at the default).",
+        ),
+    ] = "auto",
     seconds: Annotated[float, typer.Option(help="Measuring time per model and mode.")] = 10.0,
     rounds: Annotated[
         int, typer.Option(help="Measure the models in turn, this many times each (A B, A B, ...).")

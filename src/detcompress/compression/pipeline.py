@@ -46,16 +46,23 @@ class CompressionReport:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def prune_to(
-    model: Any, algo: FilterPruning, state: CompressionState, level: float
-) -> tuple[int, int]:
-    """Remove filters until `level` of the original filters are gone; (filters before, after)."""
+@dataclass
+class PruningStep:
+    filters_before: int
+    filters_after: int
+    # Convolutions feeding a GroupNorm left at their width: the step removes less than one
+    # channel per group, and torch-pruning prunes the groups evenly.
+    kept_for_groups: int = 0
+
+
+def prune_to(model: Any, algo: FilterPruning, state: CompressionState, level: float) -> PruningStep:
+    """Remove filters until `level` of the original filters are gone."""
     from detcompress.compression import torch_pruning_adapter as tpa
 
     current = state.pruning_level or 0.0
     if level <= current:
         count = filter_count(model)
-        return count, count
+        return PruningStep(count, count)
     convs = tpa.conv_names(model)
     matched, _ = match_scopes(algo.ignored_scopes, list(convs), submodules=True)
     keep = {name for names in matched.values() for name in names}
@@ -67,7 +74,8 @@ def prune_to(
     before = filter_count(model)
     # torch-pruning's ratio is of the model as it is: from `current` to `level` of the original.
     step_ratio = 1 - (1 - level) / (1 - current)
-    ignored += tpa.too_narrow_per_group(model, step_ratio)
+    narrow = tpa.too_narrow_per_group(model, step_ratio)
+    ignored += narrow
     example = torch.zeros(state.input_shape, device=device_of(model))
     was_training = model.training
     model.eval()
@@ -79,7 +87,7 @@ def prune_to(
     )
     model.train(was_training)
     state.pruning_level = level
-    return before, filter_count(model)
+    return PruningStep(before, filter_count(model), len(narrow))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,20 +175,20 @@ def _prune_filters(
     progressive = progressive_pruning(nncf_config)
     level = schedule.level(0) if progressive else schedule.target
     state.pruning_level = 0.0
-    kept_for_groups = len(tpa.too_narrow_per_group(model, level))
-    before, after = prune_to(model, algo, state, level)
+    step = prune_to(model, algo, state, level)
     how = (
         f"{schedule.kind} schedule to {schedule.target} by epoch {schedule.last_change_epoch}"
         if progressive
         else "straight to the target: the quantizers / masks are shaped after the filters"
     )
     report.lines.append(
-        f"filter_pruning: {before - after} of {before} filters removed (level {level:.3f}; "
+        f"filter_pruning: {step.filters_before - step.filters_after} of {step.filters_before} "
+        f"filters removed (level {level:.3f}; "
         f"{how}; importance {algo.importance}, head output convolutions kept)"
     )
-    if kept_for_groups:
+    if step.kept_for_groups:
         report.lines.append(
-            f"filter_pruning: {kept_for_groups} convolutions feeding a GroupNorm keep their "
+            f"filter_pruning: {step.kept_for_groups} convolutions feeding a GroupNorm keep their "
             f"widths at level {level:.3f} (less than one channel of each group to remove; "
             "GroupNorm groups are pruned evenly)"
         )

@@ -170,10 +170,7 @@ def check_inputs(
         raise DetcompressError(f"--device {device}: not supported; valid: {', '.join(DEVICES)}")
     if mode not in MODES:
         raise DetcompressError(f"--mode {mode}: not supported; valid: {', '.join(MODES)}")
-    if precision not in PRECISIONS:
-        raise DetcompressError(
-            f"--precision {precision}: not supported; valid: {', '.join(PRECISIONS)}"
-        )
+    precision_per_model(precision, len(models))
     if not 0 < seconds <= MAX_SECONDS:  # also refuses nan and inf
         raise DetcompressError(
             f"--seconds {seconds}: must be more than 0 and at most {MAX_SECONDS:g} (seconds per "
@@ -195,6 +192,25 @@ def check_inputs(
             f"--rounds {rounds}: must be from 1 to {MAX_ROUNDS} (each model measured once per "
             "round, in turn)"
         )
+
+
+def precision_per_model(precision: str, count: int) -> list[str]:
+    """`--precision auto`, or one value per model (`f32,auto`): the list of `count` values."""
+    values = [value.strip() for value in precision.split(",")]
+    for value in values:
+        if value not in PRECISIONS:
+            raise DetcompressError(
+                f"--precision {precision}: '{value}' is not supported; valid: "
+                f"{', '.join(PRECISIONS)} (one for all models, or one per model: f32,auto)"
+            )
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise DetcompressError(
+            f"--precision {precision}: {len(values)} values for {count} model(s); give one value "
+            "for all models or one per model"
+        )
+    return values
 
 
 def _check_device_available(path: Path, backend: str, device: str) -> None:
@@ -629,11 +645,14 @@ def bench(
         _check_device_available(path, backend, device)
         _check_runnable(path, backend, batch)
     subjects: list[_Subject] = []
-    for index, (path, backend) in enumerate(zip(models, backends, strict=True), 1):
+    precisions = precision_per_model(precision, len(models))
+    for index, (path, backend, wanted) in enumerate(
+        zip(models, backends, precisions, strict=True), 1
+    ):
         if progress:
             progress(f"[{index}/{len(models)}] loading {path} ({backend})")
         if backend == "openvino":
-            subject = _prepare_openvino(path, device, mode, precision == "f32", batch, threads)
+            subject = _prepare_openvino(path, device, mode, wanted == "f32", batch, threads)
         elif backend == "onnxruntime":
             subject = _prepare_onnx(path, mode, batch, threads)
         else:

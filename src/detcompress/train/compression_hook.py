@@ -116,12 +116,18 @@ class CompressionScheduleHook(Hook):
         if self.pruning is not None and self.pruning_algo is not None:
             level = self.pruning.level(epoch)
             if level > (state.pruning_level or 0.0):
-                before, after = pipeline.prune_to(model, self.pruning_algo, state, level)
+                step = pipeline.prune_to(model, self.pruning_algo, state, level)
                 _rebuild_optimizer(runner)
                 _rebuild_ema(runner)
                 runner.logger.info(
                     f"[detcompress] iteration {runner.iter} (epoch {epoch:.2f}): pruning level "
-                    f"{level:.4f}, filters {before} -> {after}"
+                    f"{level:.4f}, filters {step.filters_before} -> {step.filters_after}"
+                    + (
+                        f" ({step.kept_for_groups} convolutions feeding a GroupNorm keep their "
+                        "widths: less than one channel per group to remove)"
+                        if step.kept_for_groups
+                        else ""
+                    )
                 )
         if runner.message_hub is not None:
             if state.sparsity_level is not None:
