@@ -1,5 +1,5 @@
 """Convolution work and multiply rates from `detcompress bench --layers` profiles (shared by
-ssd300_int8_speed.py and int8_placement.py): whether an int8 IR's convolutions are as fast as
+ssd300_int8_speed.py and int8_placement.py): whether an int8 IR's convolutions run as fast as
 the CPU's int8 multiply rate allows, or lose elsewhere."""
 
 from __future__ import annotations
@@ -8,43 +8,55 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+Conv = tuple[str, int, str]  # runtime layer name, multiply-accumulates, output shape
 
-def convolution_macs(xml: Path) -> dict[str, int]:
-    """Multiply-accumulates of each convolution of the IR (output elements x kernel volume)."""
+
+def runtime_convolutions(xml: Path, f32: bool) -> list[Conv]:
+    """The convolutions of the compiled model in execution order. Profile names are the runtime
+    graph's (after OpenVINO fuses batch norms and activations into them), which differ between
+    an FP32 and an int8 IR of the same network: hence compiled here, as `bench` compiled it."""
     import numpy as np
     import openvino as ov
 
-    macs = {}
-    for node in ov.Core().read_model(xml).get_ordered_ops():
-        if node.get_type_name() in ("Convolution", "GroupConvolution"):
-            out = node.output(0).get_partial_shape().to_shape()
-            weights = node.input(1).get_partial_shape().to_shape()
-            per_output = (
-                int(np.prod(weights[-3:])) if len(weights) == 5 else int(np.prod(weights[1:]))
-            )
-            macs[node.get_friendly_name()] = int(np.prod(out)) * per_output
-    return macs
+    config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    convs = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) not in ("Convolution", "GroupConvolution"):
+            continue
+        out = op.get_output_partial_shape(0).to_shape()
+        weights = op.input_value(1).get_partial_shape().to_shape()
+        # [O, I, kh, kw], grouped [G, O/G, I/G, kh, kw]: I (per group) x kh x kw per output
+        macs = int(np.prod(out)) * int(np.prod(weights[-3:]))
+        convs.append((op.get_friendly_name(), macs, str(out), int(info["execOrder"].astype(str))))
+    return [(name, macs, shape) for name, macs, shape, _ in sorted(convs, key=lambda c: c[3])]
 
 
-def convolution_rates(xml: Path, reference: dict[str, Any], result: dict[str, Any]) -> str:
-    """One line: the convolutions' time in two bench results (the same network's IRs, profiled
-    with `--layers` large enough to list every layer), their multiply rates and time ratio.
-    Convolutions are matched by name: each IR's name for a convolution is its PyTorch module's."""
-    macs = convolution_macs(xml)
-    times = [
-        {layer["name"]: layer["ms"] for layer in r["layers"]["top"]} for r in (reference, result)
-    ]
-    both = [name for name in macs if all(name in t for t in times)]
-    if not both:
-        return "convolutions: none found by name in both profiles"
-    ms = [sum(t[name] for name in both) for t in times]
-    giga = sum(macs[name] for name in both) / 1e9
-    ratios = sorted(times[1][name] / times[0][name] for name in both)
-    return (
-        f"convolutions profiled in both ({len(both)}, {giga:.2f} GMAC): "
-        f"{ms[0]:.2f} ms ({giga / ms[0] * 1e3:.0f} GMAC/s) -> {ms[1]:.2f} ms "
-        f"({giga / ms[1] * 1e3:.0f} GMAC/s), ratio {ms[1] / ms[0]:.3f} (per convolution "
-        f"{ratios[0]:.3f} ... {ratios[-1]:.3f}, median {statistics.median(ratios):.3f}); "
-        f"everything else {reference['layers']['total_ms'] - ms[0]:.2f} -> "
-        f"{result['layers']['total_ms'] - ms[1]:.2f} ms"
+def convolution_rates(
+    reference_xml: Path, reference: dict[str, Any], xml: Path, result: dict[str, Any]
+) -> str:
+    """One line comparing the convolutions of two bench results of the same network (profiled
+    with `--layers` large enough to list every layer): time, multiply rate, and the per-
+    convolution time ratio (convolutions paired in execution order)."""
+    sides = []
+    for path, r in ((reference_xml, reference), (xml, result)):
+        convs = runtime_convolutions(path, r.get("float_precision") == "f32")
+        times = {layer["name"]: layer["ms"] for layer in r["layers"]["top"]}
+        timed = [(name, macs, shape, times[name]) for name, macs, shape in convs if name in times]
+        sides.append((timed, r["layers"]["total_ms"]))
+    (ref, ref_total), (mine, my_total) = sides
+    ms = [sum(c[3] for c in ref), sum(c[3] for c in mine)]
+    giga = [sum(c[1] for c in ref) / 1e9, sum(c[1] for c in mine) / 1e9]
+    line = (
+        f"convolutions ({len(ref)} / {len(mine)} profiled, {giga[0]:.2f} GMAC): "
+        f"{ms[0]:.2f} ms ({giga[0] / ms[0] * 1e3:.0f} GMAC/s) -> {ms[1]:.2f} ms "
+        f"({giga[1] / ms[1] * 1e3:.0f} GMAC/s), ratio {ms[1] / ms[0]:.3f}"
     )
+    if [c[2] for c in ref] == [c[2] for c in mine]:  # the same convolutions in the same order
+        ratios = sorted(b[3] / a[3] for a, b in zip(ref, mine, strict=True))
+        line += (
+            f" (per convolution {ratios[0]:.3f} ... {ratios[-1]:.3f}, median "
+            f"{statistics.median(ratios):.3f})"
+        )
+    return line + f"; everything else {ref_total - ms[0]:.2f} -> {my_total - ms[1]:.2f} ms"

@@ -221,8 +221,10 @@ def main() -> None:
     print_bench(bench, args.layers)
     fp32_result, *quantized = bench["results"]
     print("\nConvolutions, FP32 IR at its default precision -> each int8 IR:")
-    for name, result in zip(("detcompress int8", "NNCF OV PTQ"), quantized, strict=True):
-        print(f"  {name}: {convolution_rates(fp32_xml, fp32_result, result)}")
+    for name, xml, result in zip(
+        ("detcompress int8", "NNCF OV PTQ"), (ours_xml, nncf_xml), quantized, strict=True
+    ):
+        print(f"  {name}: {convolution_rates(fp32_xml, fp32_result, xml, result)}")
     print(f"\nfiles in {work}")
     if args.json:
         args.json.write_text(json.dumps({"placement": placements, "bench": bench}, indent=2))

@@ -217,7 +217,7 @@ def main() -> None:
     print(f"int8 / FP32 default: {vs_default}  (goal <= 0.6{note})")
     # VNNI (no AMX) multiplies 4x as many int8 pairs per cycle as f32 FMAs: convolutions that
     # use both at the same efficiency take 0.25 of the f32 time, the floor of the goal.
-    print(convolution_rates(Path(fp32_ir), fp32_f32, int8))
+    print(convolution_rates(Path(fp32_ir), fp32_f32, Path(int8_ir), int8))
     if int8["int8_convolutions"] < int8["convolutions"]:
         print(
             f"{int8['convolutions'] - int8['int8_convolutions']} convolutions run in float: "

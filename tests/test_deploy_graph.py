@@ -340,3 +340,55 @@ def test_ceil_mode_max_pool_is_rewritten_so_the_next_convolution_runs_int8() -> 
     assert got.shape == expected.shape == (1, 32, 38, 38)
     # Same windows: only int8 arithmetic (integer accumulation) differs from PyTorch's.
     assert np.abs(got - before(x.numpy())[0]).max() <= 1e-3 * np.abs(expected).max()
+
+
+class _FocusStem(nn.Module):
+    """YOLOX's Focus stem on a fake-quantized image: four strided slices, a Concat, a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(12, 16, 3, padding=1)
+        self.weight_scale = float(self.conv.weight.abs().max()) / 127
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.fake_quantize_per_tensor_affine(x, 2.0 / 255, 128, 0, 255)
+        corners = [x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]]
+        x = torch.cat(corners, 1)
+        weight = torch.fake_quantize_per_tensor_affine(
+            self.conv.weight, self.weight_scale, 0, -128, 127
+        )
+        return nn.functional.conv2d(x, weight, self.conv.bias, padding=1)
+
+
+def test_image_quantizer_moves_after_the_focus_slices() -> None:
+    """The image's FakeQuantize, placed before the Focus slices by NNCF, moves after their
+    Concat at export: the slices run in float instead of a reference int8 kernel, the
+    convolution stays int8, and the values are those of the graph as converted."""
+    import openvino as ov
+
+    from detcompress.deploy import openvino_backend
+
+    module = _FocusStem().eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    as_converted = ov.convert_model(module, example_input=x)
+    model = openvino_backend.convert(module, x, 1, ["out"])
+
+    def fed_by_quantizer(m: ov.Model) -> list[str]:
+        return sorted(t.get_node().get_type_name() for op in m.get_ordered_ops()
+                      if op.get_type_name() == "FakeQuantize"
+                      and op.input_value(0).get_node().get_type_name() != "Constant"
+                      for t in op.output(0).get_target_inputs())  # fmt: skip
+
+    assert set(fed_by_quantizer(as_converted)) == {"Slice"}
+    assert fed_by_quantizer(model) == ["Convolution"]
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = openvino_backend.core().compile_model(as_converted, "CPU", f32)
+    after = openvino_backend.core().compile_model(model, "CPU", f32)
+    assert openvino_backend.int8_convolutions(after) == (1, 1)
+    slices = {
+        precision for (kind, precision) in openvino_backend.runtime_precisions(after)
+        if kind == "StridedSlice"
+    }  # fmt: skip
+    assert slices and not slices & openvino_backend.INT8_PRECISIONS
+    np.testing.assert_allclose(after(x.numpy())[0], before(x.numpy())[0], rtol=0, atol=1e-4)

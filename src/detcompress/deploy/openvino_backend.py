@@ -39,6 +39,7 @@ def convert(
     for output, name in zip(model.outputs, output_names, strict=True):
         output.get_tensor().set_names({name})
     explicit_ceil_pooling(model)
+    fake_quantize_after_slicing(model)
     return model
 
 
@@ -49,7 +50,59 @@ def convert_onnx(path: Path, output_names: list[str]) -> ov.Model:
     for output, name in zip(model.outputs, output_names, strict=True):
         output.get_tensor().set_names({name})
     explicit_ceil_pooling(model)
+    fake_quantize_after_slicing(model)
     return model
+
+
+SLICES = ("Slice", "StridedSlice")
+
+
+def _per_tensor(fake_quantize: Any) -> bool:
+    shapes = [fake_quantize.input_value(i).get_partial_shape() for i in range(1, 5)]
+    return all(s.is_static and int(np.prod(s.to_shape())) == 1 for s in shapes)
+
+
+def fake_quantize_after_slicing(model: ov.Model) -> int:
+    """Move a per-tensor FakeQuantize whose output is only sliced and concatenated again (YOLOX's
+    Focus stem: four strided slices of the image, then a Concat) after that Concat. NNCF's
+    PyTorch side quantizes the image before the slices; OpenVINO then runs them in a reference
+    int8 kernel (demo at 128 px: 84 against 33 µs, ~3% of the whole IR). Slicing and
+    concatenating commute with an elementwise per-tensor quantizer: the values are the same.
+    Returns how many it moved."""
+    moved = 0
+    for fq in model.get_ordered_ops():
+        if fq.get_type_name() != "FakeQuantize" or not _per_tensor(fq):
+            continue
+        slices: set[str] = set()
+        concats: dict[str, Any] = {}
+        pending = [t.get_node() for t in fq.output(0).get_target_inputs()]
+        while pending:
+            node = pending.pop()
+            if node.get_type_name() in SLICES:
+                slices.add(node.get_name())
+                pending += [t.get_node() for t in node.output(0).get_target_inputs()]
+            else:
+                concats[node.get_name()] = node
+        if not slices or len(concats) != 1:
+            continue
+        (concat,) = concats.values()
+        if concat.get_type_name() != "Concat" or any(
+            concat.input_value(i).get_node().get_name() not in slices
+            for i in range(concat.get_input_size())
+        ):
+            continue
+        after = list(concat.output(0).get_target_inputs())
+        for target in fq.output(0).get_target_inputs():
+            target.replace_source_output(fq.input_value(0))
+        quantized = ops.fake_quantize(
+            concat.output(0), *(fq.input_value(i) for i in range(1, 5)), fq.get_levels()
+        )
+        for target in after:
+            target.replace_source_output(quantized.output(0))
+        moved += 1
+    if moved:
+        model.validate_nodes_and_infer_types()
+    return moved
 
 
 def explicit_ceil_pooling(model: ov.Model) -> int:
