@@ -2,7 +2,8 @@
 same FP32 IR put their FakeQuantize operations, and how fast each runs (issue #22).
 
     .venv/bin/python benchmarks/int8_placement.py [--fp32-iters 50] [--calibration 64]
-        [--preset int8_mixed] [--seconds 4] [--rounds 5] [--layers 8] [--keep DIR] [--json FILE]
+        [--preset int8_mixed] [--seconds 4] [--rounds 5] [--layers 8] [--also-sizes 256,416]
+        [--keep DIR] [--json FILE]
 
 Steps, on the demo (yolox_tiny, 128 px, synthetic shapes): `init demo`, FP32 fine-tuning for
 `--fp32-iters`, `compress --preset int8_mixed --max-iters 0` (our PTQ; the demo's preset),
@@ -163,6 +164,39 @@ def print_bench(report: dict[str, Any], slowest: int) -> None:
             print(f"      {layer['ms']:.3f} ms {layer['kernel']:<24} {layer['name'][-70:]}")
 
 
+def speed_at_size(
+    fp32_ckpt: str, int8_ckpt: str, size: int, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same two checkpoints exported at another input size, benched interleaved: how the
+    int8 speed-up grows with the work per layer."""
+    xmls = []
+    for name, ckpt in (("fp32", fp32_ckpt), ("ours", int8_ckpt)):
+        out = work / f"{name}_ir_{size}"
+        detcompress(
+            "export", ckpt, "--to", "openvino", "--no-postprocessing", "--input-shape",
+            str(size), str(size), "--out", str(out), "--force",
+        )  # fmt: skip
+        xmls.append(str(out / "model.xml"))
+    result = work / f"bench_{size}.json"
+    detcompress(
+        "bench", *xmls, "--seconds", str(args.seconds), "--rounds", str(args.rounds),
+        "--layers", "1000", "--json", str(result), quiet=True,
+    )  # fmt: skip
+    report = json.loads(result.read_text())
+    fp32, int8 = report["results"]
+    rounds = int8["rounds"]
+    latency, throughput = rounds["speedup_interval"], rounds.get("throughput_speedup_interval")
+    print(
+        f"\n{size} px: FP32 IR ({fp32['precision']}) {fp32['latency_ms']['median']:.2f} ms, "
+        f"int8 IR {int8['latency_ms']['median']:.2f} ms: latency speed-up {int8['speedup']:.2f} "
+        f"[{latency['low']:.2f}, {latency['high']:.2f}], throughput speed-up "
+        f"{int8['throughput_speedup']:.2f}"
+        + (f" [{throughput['low']:.2f}, {throughput['high']:.2f}]" if throughput else "")
+    )
+    print("  " + convolution_rates(Path(xmls[0]), fp32, Path(xmls[1]), int8))
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fp32-iters", type=int, default=50)
@@ -171,6 +205,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=8, help="slowest layers shown per IR")
+    parser.add_argument(
+        "--also-sizes",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        default=[],
+        metavar="256,416",
+        help="also export FP32 and our int8 at these input sizes and bench each pair",
+    )
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
@@ -225,9 +266,13 @@ def main() -> None:
         ("detcompress int8", "NNCF OV PTQ"), (ours_xml, nncf_xml), quantized, strict=True
     ):
         print(f"  {name}: {convolution_rates(fp32_xml, fp32_result, xml, result)}")
+    sizes = {}
+    for size in args.also_sizes:
+        sizes[size] = speed_at_size(fp32_ckpt, int8_ckpt, size, work, args)
     print(f"\nfiles in {work}")
     if args.json:
-        args.json.write_text(json.dumps({"placement": placements, "bench": bench}, indent=2))
+        everything = {"placement": placements, "bench": bench, "sizes": sizes}
+        args.json.write_text(json.dumps(everything, indent=2))
 
 
 if __name__ == "__main__":

@@ -244,6 +244,21 @@ def test_a_twin_must_also_score_alike() -> None:
     assert detection_agreement(reference, other_score, 0.05, "fp32", -1) == (0.0, 2)
 
 
+def test_failed_verification_names_boxes_of_a_model_that_has_not_converged() -> None:
+    """An untrained YOLOX predicted boxes up to 3.5e19 and failed verification (mmdet's
+    class-aware NMS is unreliable there): the failure says why, and only then."""
+    from detcompress.deploy.verify import _compare_detections, _Reference
+
+    huge = np.array([[0, 0.9, 0, 0, 3.5e19, 3.5e19], [1, 0.8, 0, 0, 10, 10]])
+    other = np.array([[0, 0, 0.9, 5, 5, 50, 50]])  # [image, label, score, box]: no twin
+    reference = _Reference(detections=[huge], limit=100, input_size=128)
+    check = _compare_detections(reference, other, "fp32", 0.05)
+    assert not check["passed"] and "has not converged" in check["summary"]
+    assert "3.5e+19 on a 128-pixel input" in check["summary"]
+    sane = _Reference(detections=[huge[1:]], limit=100, input_size=128)
+    assert "converged" not in _compare_detections(sane, other, "fp32", 0.05)["summary"]
+
+
 @pytest.mark.slow
 def test_model_with_non_finite_outputs_is_not_exported(checkpoints: dict, tmp_path: Path) -> None:
     ckpt = torch.load(checkpoints["fp32"], map_location="cpu", weights_only=True)
