@@ -99,12 +99,12 @@ def to_original(
     detections: np.ndarray, scale: np.ndarray, image: np.ndarray, metadata: dict[str, Any]
 ) -> list[dict]:
     """The model's [K, 7] rows (image index, label, score, x1, y1, x2, y2 in input pixels) as
-    boxes in the original image: clipped to it as mmdet's anchor heads do (YOLOX's boxes are
-    not clipped in mmdet, so not here either)."""
+    boxes in the original image: clipped to it where mmdet clips them (not YOLOX's and YOLOv3's:
+    the export's "clip_boxes")."""
     height, width = image.shape[:2]
     detections = detections[detections[:, 0] == 0]  # the first image of the batch
     boxes = detections[:, 3:7] / np.tile(scale, 2)
-    if metadata.get("head") != "YOLOXHead":
+    if metadata.get("clip_boxes", metadata.get("head") != "YOLOXHead"):
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return [
@@ -118,7 +118,7 @@ def report(found: list[dict], image: np.ndarray, metadata: dict[str, Any], args:
     classes = metadata["classes"]
     kept = [d for d in found if d["score"] >= args.score_thr]
     for d in kept:
-        x1, y1, x2, y2 = d["box"]  # may lie partly outside the image (YOLOX)
+        x1, y1, x2, y2 = d["box"]  # may lie partly outside the image (YOLOX, YOLOv3)
         print(
             f"{classes[d['label']]:>12} {d['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]"
         )

@@ -21,6 +21,7 @@ from detcompress.deploy import (
     MODEL_API_OUTPUTS,
 )
 from detcompress.deploy.graph import (
+    UNCLIPPED_HEADS,
     DeployableDetector,
     NMSParams,
     Preprocessing,
@@ -307,6 +308,7 @@ def _metadata(
         "postprocessing": params is not None,
         "nms": params.to_json() if params is not None else None,
         "head": graph.head_name,
+        "clip_boxes": graph.head_name not in UNCLIPPED_HEADS,
         "outputs": outputs,
         "output_groups": {"names": graph.groups, "levels": graph.group_sizes},
         "files": {fmt: FORMATS[fmt] for fmt in formats},

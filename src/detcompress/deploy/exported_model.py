@@ -51,8 +51,9 @@ class ExportedDetector(BaseModel):
         # --dynamic-shape: images larger than the export size are padded to what they need.
         self.dynamic_size = -1 in metadata["input"]["shape"][1:]
         self.postprocessing = bool(metadata["postprocessing"])
-        # mmdet's anchor heads clip boxes to the image (not the padded input); YOLOX does not.
-        self.clip = metadata.get("head") != "YOLOXHead"
+        # mmdet clips most heads' boxes to the image (not the padded input); not YOLOX's and
+        # YOLOv3's. (Exports before "clip_boxes" was written: all but YOLOX's.)
+        self.clip = bool(metadata.get("clip_boxes", metadata.get("head") != "YOLOXHead"))
         self.groups: list[str] = metadata["output_groups"]["names"]
         self.levels: list[int] = metadata["output_groups"]["levels"]
         self.head = head

@@ -19,6 +19,9 @@ from torch import nn
 from detcompress.deploy.two_stage import TwoStageDecoder, clipped, is_two_stage, rpn_outputs
 from detcompress.errors import ConfigError, DetcompressError
 
+# Heads whose boxes mmdet leaves unclipped (their bbox coders decode without a max shape): eval
+# and the examples clip every other head's boxes to the image, as mmdet does.
+UNCLIPPED_HEADS = ("YOLOXHead", "YOLOV3Head")
 # Heads whose box decoding detcompress can put inside the graph: YOLOX keeps one label per box
 # (its best class), YOLOv3 filters on objectness; the others keep mmdet's generic postprocessing
 # (every (box, class) pair a candidate), and so does any dense head that does not override it.
