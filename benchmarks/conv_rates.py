@@ -16,10 +16,10 @@ def runtime_convolutions(xml: Path, f32: bool) -> list[Conv]:
     graph's (after OpenVINO fuses batch norms and activations into them), which differ between
     an FP32 and an int8 IR of the same network: hence compiled here, as `bench` compiled it."""
     import numpy as np
-    import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
-    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    from detcompress.deploy import openvino_backend
+
+    compiled = openvino_backend.compile_model(xml, f32=f32)
     convs = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
