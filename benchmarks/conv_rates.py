@@ -43,7 +43,10 @@ def convolution_rates(
     for path, r in ((reference_xml, reference), (xml, result)):
         convs = runtime_convolutions(path, r.get("float_precision") == "f32")
         times = {layer["name"]: layer["ms"] for layer in r["layers"]["top"]}
-        timed = [(name, macs, shape, times[name]) for name, macs, shape in convs if name in times]
+        batch = r.get("batch", 1)  # compiled above at the IR's own batch of 1
+        timed = [
+            (name, macs * batch, shape, times[name]) for name, macs, shape in convs if name in times
+        ]
         sides.append((timed, r["layers"]["total_ms"]))
     (ref, ref_total), (mine, my_total) = sides
     ms = [sum(c[3] for c in ref), sum(c[3] for c in mine)]

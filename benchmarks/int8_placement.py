@@ -3,7 +3,7 @@ same FP32 IR put their FakeQuantize operations, and how fast each runs (issue #2
 
     .venv/bin/python benchmarks/int8_placement.py [--fp32-iters 50] [--calibration 64]
         [--preset int8_mixed] [--seconds 4] [--rounds 5] [--layers 8] [--also-sizes 256,416]
-        [--keep DIR] [--json FILE]
+        [--also-batches 8] [--keep DIR] [--json FILE]
 
 Steps, on the demo (yolox_tiny, 128 px, synthetic shapes): `init demo`, FP32 fine-tuning for
 `--fp32-iters`, `compress --preset int8_mixed --max-iters 0` (our PTQ; the demo's preset),
@@ -176,24 +176,32 @@ def speed_at_size(
             "export", ckpt, "--to", "openvino", "--no-postprocessing", "--input-shape",
             str(size), str(size), "--out", str(out), "--force",
         )  # fmt: skip
-        xmls.append(str(out / "model.xml"))
-    result = work / f"bench_{size}.json"
+        xmls.append(out / "model.xml")
+    return bench_pair(xmls, f"{size} px", work / f"bench_{size}.json", args)
+
+
+def bench_pair(
+    xmls: list[Path], label: str, result: Path, args: argparse.Namespace, batch: int = 1
+) -> dict[str, Any]:
+    """Bench the FP32 and the int8 IR interleaved (at `batch` images per call) and print the
+    speed-ups with the convolutions' multiply rates."""
     detcompress(
-        "bench", *xmls, "--seconds", str(args.seconds), "--rounds", str(args.rounds),
-        "--layers", "1000", "--json", str(result), quiet=True,
+        "bench", *map(str, xmls), "--seconds", str(args.seconds), "--rounds", str(args.rounds),
+        "--batch", str(batch), "--layers", "1000", "--json", str(result), quiet=True,
     )  # fmt: skip
     report = json.loads(result.read_text())
     fp32, int8 = report["results"]
     rounds = int8["rounds"]
     latency, throughput = rounds["speedup_interval"], rounds.get("throughput_speedup_interval")
+    per_call = "" if batch == 1 else f" per call of {batch} images"
     print(
-        f"\n{size} px: FP32 IR ({fp32['precision']}) {fp32['latency_ms']['median']:.2f} ms, "
-        f"int8 IR {int8['latency_ms']['median']:.2f} ms: latency speed-up {int8['speedup']:.2f} "
-        f"[{latency['low']:.2f}, {latency['high']:.2f}], throughput speed-up "
-        f"{int8['throughput_speedup']:.2f}"
+        f"\n{label}: FP32 IR ({fp32['precision']}) {fp32['latency_ms']['median']:.2f} ms, "
+        f"int8 IR {int8['latency_ms']['median']:.2f} ms{per_call}: latency speed-up "
+        f"{int8['speedup']:.2f} [{latency['low']:.2f}, {latency['high']:.2f}], throughput "
+        f"speed-up {int8['throughput_speedup']:.2f}"
         + (f" [{throughput['low']:.2f}, {throughput['high']:.2f}]" if throughput else "")
     )
-    print("  " + convolution_rates(Path(xmls[0]), fp32, Path(xmls[1]), int8))
+    print("  " + convolution_rates(xmls[0], fp32, xmls[1], int8))
     return report
 
 
@@ -211,6 +219,14 @@ def main() -> None:
         default=[],
         metavar="256,416",
         help="also export FP32 and our int8 at these input sizes and bench each pair",
+    )
+    parser.add_argument(
+        "--also-batches",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        default=[],
+        metavar="8",
+        help="also bench FP32 and our int8 IR at these batch sizes (the cost per call that "
+        "does not grow with the batch: what batch 1 pays on top of the convolutions' work)",
     )
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument("--json", type=Path, help="write every number here")
@@ -269,9 +285,14 @@ def main() -> None:
     sizes = {}
     for size in args.also_sizes:
         sizes[size] = speed_at_size(fp32_ckpt, int8_ckpt, size, work, args)
+    batches = {}
+    for batch in args.also_batches:
+        batches[batch] = bench_pair(
+            [fp32_xml, ours_xml], f"batch {batch}", work / f"bench_batch{batch}.json", args, batch
+        )
     print(f"\nfiles in {work}")
     if args.json:
-        everything = {"placement": placements, "bench": bench, "sizes": sizes}
+        everything = {"placement": placements, "bench": bench, "sizes": sizes, "batches": batches}
         args.json.write_text(json.dumps(everything, indent=2))
 
 

@@ -392,3 +392,62 @@ def test_image_quantizer_moves_after_the_focus_slices() -> None:
     }  # fmt: skip
     assert slices and not slices & openvino_backend.INT8_PRECISIONS
     np.testing.assert_allclose(after(x.numpy())[0], before(x.numpy())[0], rtol=0, atol=1e-4)
+
+
+def _per_channel_int8(weight: torch.Tensor) -> torch.Tensor:
+    scale = weight.detach().abs().amax(dim=(1, 2, 3)) / 127
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
+
+
+class _ScaledSharedConvAndDeadBranch(nn.Module):
+    """Two int8 patterns that conversion leaves in a form the CPU plugin runs in float: FCOS's
+    box convolution, shared by two levels each with its own learned `Scale` after it, and a
+    convolution whose batch norm has all-zero gamma (a frozen ResNet stage's residual branch
+    with mmdet's zero-initialised last norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.box = nn.Conv2d(16, 4, 3, padding=1)
+        self.scales = nn.Parameter(torch.tensor([1.5, 0.7]))
+        self.dead = nn.Conv2d(16, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        nn.init.zeros_(self.norm.weight)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = torch.fake_quantize_per_tensor_affine(x, 2.0 / 255, 128, 0, 255)
+        x = torch.relu(nn.functional.conv2d(x, _per_channel_int8(self.stem.weight), padding=1))
+        x = torch.fake_quantize_per_tensor_affine(x, 4.0 / 255, 0, 0, 255)
+        levels = (x, x[..., ::2, ::2])
+        boxes = [
+            nn.functional.conv2d(level, _per_channel_int8(self.box.weight), self.box.bias, 1, 1)
+            * scale
+            for level, scale in zip(levels, self.scales, strict=True)
+        ]
+        dead = nn.functional.conv2d(x, _per_channel_int8(self.dead.weight), self.dead.bias, 1, 1)
+        return boxes[0], boxes[1], self.norm(dead) + 1
+
+
+def test_scaled_and_all_zero_int8_weights_are_rewritten_so_their_convolutions_run_int8() -> None:
+    """Export gives each int8 convolution its own integer weights with one per-channel scale:
+    conversion leaves a shared, twice-scaled form (FCOS: 5 box convolutions) and an unsigned
+    all-zero form (ResNet families: the frozen stages' residual branches), both run in float.
+    After the rewrite every convolution runs int8, with the values of the graph as converted."""
+    import openvino as ov
+
+    from detcompress.deploy import openvino_backend
+
+    module = _ScaledSharedConvAndDeadBranch().eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    as_converted = ov.convert_model(module, example_input=x)
+    model = openvino_backend.convert(module, x, 1, ["a", "b", "c"])
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = openvino_backend.core().compile_model(as_converted, "CPU", f32)
+    after = openvino_backend.core().compile_model(model, "CPU", f32)
+    assert openvino_backend.int8_convolutions(before) == (1, 4)  # the problem, still upstream
+    assert openvino_backend.int8_convolutions(after) == (4, 4)
+    for got, expected in zip(after(x.numpy()).values(), before(x.numpy()).values(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert np.all(after(x.numpy())[2] == 1)  # the dead branch: exactly zero, plus one

@@ -40,6 +40,7 @@ def convert(
         output.get_tensor().set_names({name})
     explicit_ceil_pooling(model)
     fake_quantize_after_slicing(model)
+    int8_weight_dequantization(model)
     return model
 
 
@@ -51,6 +52,7 @@ def convert_onnx(path: Path, output_names: list[str]) -> ov.Model:
         output.get_tensor().set_names({name})
     explicit_ceil_pooling(model)
     fake_quantize_after_slicing(model)
+    int8_weight_dequantization(model)
     return model
 
 
@@ -159,6 +161,73 @@ def explicit_ceil_pooling(model: ov.Model) -> int:
         floor_pool.set_friendly_name(node.get_friendly_name())
         for target in node.output(0).get_target_inputs():
             target.replace_source_output(floor_pool.output(0))
+        rewritten += 1
+    if rewritten:
+        model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+CONVOLUTIONS = ("Convolution", "GroupConvolution")
+
+
+def _constant(output: Any) -> np.ndarray | None:
+    node = output.get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
+
+
+def int8_weight_dequantization(model: ov.Model) -> int:
+    """Give each int8 convolution's weights the one form OpenVINO's int8 path recognises: its own
+    integer constant, Convert, one Multiply by a per-output-channel scale. Conversion leaves two
+    other forms, and the CPU plugin runs such a convolution in float (the operation itself
+    unchanged, its input quantizer executed on its own):
+
+    - a scale multiplied after the convolution (FCOS's and ATSS's per-level `Scale` on the box
+      convolution, which shares its weights across levels) is folded in as a second Multiply
+      over the shared Convert: merged into one scale over a copy of the constant per
+      convolution (FCOS at 128 px: the 5 box convolutions, 4 output channels each);
+    - a scale of zero everywhere (a batch norm with all-zero gamma folded in: the residual
+      branch of a frozen ResNet stage with mmdet's zero-initialised last norm, trained from
+      scratch) makes the constant unsigned: stored as int8 zeros with a scale of one, the same
+      all-zero weights (RetinaNet and ATSS 2, FCOS 8 convolutions).
+
+    The values are unchanged. Returns how many convolutions it rewrote."""
+    rewritten = 0
+    for conv in model.get_ordered_ops():
+        if conv.get_type_name() not in CONVOLUTIONS:
+            continue
+        outer = conv.input_value(1).get_node()
+        if outer.get_type_name() != "Multiply":
+            continue
+        scale = _constant(outer.input_value(1))
+        inner = outer.input_value(0).get_node()
+        if scale is None:
+            continue
+        if inner.get_type_name() == "Multiply" and _constant(inner.input_value(1)) is not None:
+            convert = inner.input_value(0).get_node()
+            scale = _constant(inner.input_value(1)) * scale
+        else:
+            convert = inner
+        integers = (
+            _constant(convert.input_value(0)) if convert.get_type_name() == "Convert" else None
+        )
+        if (
+            integers is None
+            or integers.dtype.kind not in "iu"
+            or scale.ndim not in (0, integers.ndim)
+        ):
+            continue
+        if not np.any(scale):
+            integers, scale = np.zeros_like(integers, np.int8), np.ones_like(scale)
+        elif convert is inner or integers.dtype != np.int8:
+            continue  # already in the recognised form, or a form we do not know
+        channel_axes = 1 if conv.get_type_name() == "Convolution" else 2  # grouped: [G, O/G, ...]
+        if scale.ndim and any(size != 1 for size in scale.shape[channel_axes:]):
+            continue  # not one scale per output channel
+        weights = ops.multiply(
+            ops.convert(ops.constant(integers), convert.get_output_element_type(0)),
+            ops.constant(scale.astype(np.float32)),
+        )
+        conv.input(1).replace_source_output(weights.output(0))
         rewritten += 1
     if rewritten:
         model.validate_nodes_and_infer_types()
