@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-Conv = tuple[str, int, str]  # runtime layer name, multiply-accumulates, output shape
+Conv = tuple[str, int, str]  # runtime layer name, multiply-accumulates per image, output shape
 
 
 def runtime_convolutions(xml: Path, f32: bool) -> list[Conv]:
@@ -27,8 +27,9 @@ def runtime_convolutions(xml: Path, f32: bool) -> list[Conv]:
             continue
         out = op.get_output_partial_shape(0).to_shape()
         weights = op.input_value(1).get_partial_shape().to_shape()
-        # [O, I, kh, kw], grouped [G, O/G, I/G, kh, kw]: I (per group) x kh x kw per output
-        macs = int(np.prod(out)) * int(np.prod(weights[-3:]))
+        # [O, I, kh, kw], grouped [G, O/G, I/G, kh, kw]: I (per group) x kh x kw per output;
+        # per image (out[0] is the compiled batch; the bench result says its own)
+        macs = int(np.prod(out[1:])) * int(np.prod(weights[-3:]))
         convs.append((op.get_friendly_name(), macs, str(out), int(info["execOrder"].astype(str))))
     return [(name, macs, shape) for name, macs, shape, _ in sorted(convs, key=lambda c: c[3])]
 
@@ -43,7 +44,7 @@ def convolution_rates(
     for path, r in ((reference_xml, reference), (xml, result)):
         convs = runtime_convolutions(path, r.get("float_precision") == "f32")
         times = {layer["name"]: layer["ms"] for layer in r["layers"]["top"]}
-        batch = r.get("batch", 1)  # compiled above at the IR's own batch of 1
+        batch = r.get("batch", 1)  # MACs above are per image
         timed = [
             (name, macs * batch, shape, times[name]) for name, macs, shape in convs if name in times
         ]

@@ -176,10 +176,9 @@ def _constant(output: Any) -> np.ndarray | None:
 
 
 def int8_weight_dequantization(model: ov.Model) -> int:
-    """Give each int8 convolution's weights the one form OpenVINO's int8 path recognises: its own
-    integer constant, Convert, one Multiply by a per-output-channel scale. Conversion leaves two
-    other forms, and the CPU plugin runs such a convolution in float (the operation itself
-    unchanged, its input quantizer executed on its own):
+    """Rewrite two forms of int8 convolution weights that conversion leaves and the CPU plugin
+    runs in float (its input quantizer then executed on its own) into the form OpenVINO's int8
+    path recognises: an int8 constant, Convert, one Multiply by a per-output-channel scale.
 
     - a scale multiplied after the convolution (FCOS's and ATSS's per-level `Scale` on the box
       convolution, which shares its weights across levels) is folded in as a second Multiply
@@ -190,7 +189,9 @@ def int8_weight_dequantization(model: ov.Model) -> int:
       scratch) makes the constant unsigned: stored as int8 zeros with a scale of one, the same
       all-zero weights (RetinaNet and ATSS 2, FCOS 8 convolutions).
 
-    The values are unchanged. Returns how many convolutions it rewrote."""
+    The values are unchanged (up to the one rounding of the two scales' product in float).
+    Symmetric weights only (no Subtract of a zero point: NNCF's presets quantize weights
+    symmetrically). Returns how many convolutions it rewrote."""
     rewritten = 0
     for conv in model.get_ordered_ops():
         if conv.get_type_name() not in CONVOLUTIONS:
@@ -212,7 +213,8 @@ def int8_weight_dequantization(model: ov.Model) -> int:
         )
         if (
             integers is None
-            or integers.dtype.kind not in "iu"
+            or integers.dtype not in (np.int8, np.uint8)
+            or list(integers.shape) != list(conv.get_input_shape(1))
             or scale.ndim not in (0, integers.ndim)
         ):
             continue
@@ -223,9 +225,10 @@ def int8_weight_dequantization(model: ov.Model) -> int:
         channel_axes = 1 if conv.get_type_name() == "Convolution" else 2  # grouped: [G, O/G, ...]
         if scale.ndim and any(size != 1 for size in scale.shape[channel_axes:]):
             continue  # not one scale per output channel
+        float_type = convert.get_output_element_type(0)
         weights = ops.multiply(
-            ops.convert(ops.constant(integers), convert.get_output_element_type(0)),
-            ops.constant(scale.astype(np.float32)),
+            ops.convert(ops.constant(integers), float_type),
+            ops.constant(scale.astype(float_type.to_dtype())),
         )
         conv.input(1).replace_source_output(weights.output(0))
         rewritten += 1
