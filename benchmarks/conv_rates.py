@@ -23,7 +23,7 @@ def runtime_convolutions(xml: Path, f32: bool) -> list[Conv]:
     convs = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if info["layerType"].astype(str) not in ("Convolution", "GroupConvolution"):
+        if info["layerType"].astype(str) not in openvino_backend.CONVOLUTIONS:
             continue
         out = op.get_output_partial_shape(0).to_shape()
         weights = op.input_value(1).get_partial_shape().to_shape()

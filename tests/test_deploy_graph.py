@@ -448,6 +448,7 @@ def test_scaled_and_all_zero_int8_weights_are_rewritten_so_their_convolutions_ru
     after = openvino_backend.core().compile_model(model, "CPU", f32)
     assert openvino_backend.int8_convolutions(before) == (1, 4)  # the problem, still upstream
     assert openvino_backend.int8_convolutions(after) == (4, 4)
-    for got, expected in zip(after(x.numpy()).values(), before(x.numpy()).values(), strict=True):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
-    assert np.all(after(x.numpy())[2] == 1)  # the dead branch: exactly zero, plus one
+    got, expected = list(after(x.numpy()).values()), list(before(x.numpy()).values())
+    for mine, theirs in zip(got, expected, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-4 * np.abs(theirs).max())
+    assert np.all(got[2] == 1)  # the dead branch: exactly zero, plus one

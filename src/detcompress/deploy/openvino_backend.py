@@ -200,12 +200,14 @@ def int8_weight_dequantization(model: ov.Model) -> int:
         if outer.get_type_name() != "Multiply":
             continue
         scale = _constant(outer.input_value(1))
-        inner = outer.input_value(0).get_node()
         if scale is None:
             continue
-        if inner.get_type_name() == "Multiply" and _constant(inner.input_value(1)) is not None:
-            convert = inner.input_value(0).get_node()
-            scale = _constant(inner.input_value(1)) * scale
+        inner = outer.input_value(0).get_node()
+        inner_scale = (
+            _constant(inner.input_value(1)) if inner.get_type_name() == "Multiply" else None
+        )
+        if inner_scale is not None:  # a second scale, folded in after the first
+            convert, scale = inner.input_value(0).get_node(), inner_scale * scale
         else:
             convert = inner
         integers = (
